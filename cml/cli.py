@@ -1,0 +1,82 @@
+"""Command line: flags -> RunConfig -> experiment -> runner. Input errors exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cml.config import RunConfig, load_config
+from cml.errors import CMLInputError
+
+# flag destination -> (config section, field); "" is the top level
+FLAGS = {
+    "dataset": ("data", "dataset"),
+    "data_dir": ("data", "data_dir"),
+    "orders": ("data", "orders"),
+    "tasks": ("data", "n_tasks"),
+    "task_split": ("data", "task_split"),
+    "max_per_relation": ("data", "max_per_relation"),
+    "encoder": ("encoder", "name"),
+    "max_length": ("encoder", "max_length"),
+    "method": ("train", "methods"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "memory_size": ("train", "memory_size"),
+    "head": ("train", "head"),
+    "output": ("", "output"),
+    "seed": ("", "seed"),
+    "device": ("", "device"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_cml.py", description="Continual relation extraction with curriculum-meta learning.")
+    p.add_argument("--config", help="YAML config file; flags given here override it")
+    p.add_argument("--dataset", help="demo, fewrel, tacred, or a path to a FewRel-format file or directory")
+    p.add_argument("--data-dir", help="directory of the dataset's files (default $CML_DATA_DIR, else data/<dataset>)")
+    p.add_argument("--orders", type=int, help="number of task orders (default 5)")
+    p.add_argument("--tasks", type=int, help="number of tasks (default: the dataset's task_orders.json, else 10; demo 5)")
+    p.add_argument("--task-split", choices=["random", "clustered"], help="how relations are cut into tasks")
+    p.add_argument("--max-per-relation", type=int, help="cap on training examples per relation, for quick runs")
+    p.add_argument("--encoder", help="minilm (offline default), tiny (random, for tests), a local path or a hub id")
+    p.add_argument("--max-length", type=int, help="maximum word pieces per sentence (default 128)")
+    p.add_argument("--method", type=lambda s: [m.strip() for m in s.split(",") if m.strip()], help="comma list of methods")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--memory-size", type=int, help="memory examples per relation (default 10)")
+    p.add_argument("--head", choices=["linear", "mlp"])
+    p.add_argument("--output", help="run directory (default runs/latest)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--plan-only", action="store_true", help="load the data, print the task plan and stop")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    overrides: dict[str, dict] = {}
+    for dest, (section, key) in FLAGS.items():
+        overrides.setdefault(section, {})[key] = getattr(args, dest)
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        from cml.experiment import build_experiment
+
+        config = config_from_args(args)
+        experiment = build_experiment(config)
+        print(experiment.plan())
+        if args.plan_only:
+            return 0
+        from cml.runner import run
+
+        run(config, experiment)
+    except CMLInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main_exit() -> None:
+    """Console-script entry (`cml ...`), the same as `python run_cml.py ...`."""
+    sys.exit(main())

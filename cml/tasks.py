@@ -1,0 +1,84 @@
+"""Cutting relations into tasks and arranging tasks into orders."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from cml.data.records import RelationDataset
+from cml.errors import CMLInputError
+
+STANDARD_SEED, SEED_STEP = 2021, 100  # order i shuffles with seed 2021 + 100 i (RP-CRE, CRL, CEAR)
+
+
+@dataclass
+class TaskOrder:
+    """One order: tasks (lists of relation ids) in the sequence they arrive."""
+
+    tasks: list[list[str]]
+    origin: str  # where the order came from, shown in the task plan
+
+
+def _cut(relations: list[str], n_tasks: int) -> list[list[str]]:
+    return [list(map(str, part)) for part in np.array_split(np.array(relations, dtype=object), n_tasks)]
+
+
+def random_order(relations: list[str], n_tasks: int, index: int) -> TaskOrder:
+    shuffled = list(relations)
+    seed = STANDARD_SEED + SEED_STEP * index
+    random.Random(seed).shuffle(shuffled)
+    return TaskOrder(_cut(shuffled, n_tasks), f"random, seed {seed}")
+
+
+def balanced_clusters(vectors: np.ndarray, n_clusters: int, seed: int) -> list[list[int]]:
+    """Equal-size groups of similar rows: K-means centroids, then greedy capacity-bounded assignment."""
+    from sklearn.cluster import KMeans
+
+    n = len(vectors)
+    centroids = KMeans(n_clusters, n_init=10, random_state=seed).fit(vectors).cluster_centers_
+    capacity = [len(part) for part in np.array_split(np.arange(n), n_clusters)]
+    distances = ((vectors[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
+    groups: list[list[int]] = [[] for _ in range(n_clusters)]
+    assigned = np.zeros(n, dtype=bool)
+    for flat in np.argsort(distances, axis=None, kind="stable"):
+        row, col = divmod(int(flat), n_clusters)
+        if not assigned[row] and len(groups[col]) < capacity[col]:
+            groups[col].append(row)
+            assigned[row] = True
+    return groups
+
+
+def make_orders(
+    dataset: RelationDataset,
+    n_orders: int,
+    n_tasks: int,
+    split: str = "random",
+    relation_vectors: np.ndarray | None = None,
+) -> list[TaskOrder]:
+    """`n_orders` task orders: the dataset's own orders first (task_orders.json), then seeded ones.
+
+    `split="random"` shuffles relations with the standard seeds; `split="clustered"` puts similar
+    relations (by `relation_vectors`, one row per relation) into the same task, and the orders
+    differ only in the sequence of those tasks.
+    """
+    if n_orders < 1:
+        raise CMLInputError(f"--orders must be at least 1, got {n_orders}")
+    if not 1 <= n_tasks <= len(dataset.relations):
+        raise CMLInputError(f"cannot cut {len(dataset.relations)} relations into {n_tasks} tasks")
+    if split == "clustered":
+        if relation_vectors is None:
+            raise CMLInputError("clustered tasks need relation vectors (entity types); this dataset has none")
+        groups = balanced_clusters(relation_vectors, n_tasks, STANDARD_SEED)
+        tasks = [[dataset.relations[i] for i in g] for g in groups]
+        orders = []
+        for i in range(n_orders):
+            seed = STANDARD_SEED + SEED_STEP * i
+            shuffled = list(tasks)
+            random.Random(seed).shuffle(shuffled)
+            orders.append(TaskOrder(shuffled, f"clustered, seed {seed}"))
+        return orders
+    if split != "random":
+        raise CMLInputError(f"unknown task split {split!r}: use random or clustered")
+    given = [TaskOrder(tasks, "task_orders.json") for tasks in (dataset.task_orders or [])][:n_orders]
+    return given + [random_order(dataset.relations, n_tasks, i) for i in range(len(given), n_orders)]
