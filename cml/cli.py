@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from cml.config import RunConfig, load_config
 from cml.errors import CMLInputError
@@ -17,6 +18,7 @@ FLAGS = {
     "max_per_relation": ("data", "max_per_relation"),
     "encoder": ("encoder", "name"),
     "max_length": ("encoder", "max_length"),
+    "freeze_layers": ("encoder", "freeze_layers"),
     "method": ("train", "methods"),
     "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"),
@@ -47,15 +49,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="run directory (default runs/latest)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last finished task")
+    p.add_argument("--freeze-layers", type=int, help="freeze the embeddings and this many bottom encoder layers")
     p.add_argument("--plan-only", action="store_true", help="load the data, print the task plan and stop")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The config file (for --resume: the run's own config.yaml unless --config is given), then the flags."""
     overrides: dict[str, dict] = {}
     for dest, (section, key) in FLAGS.items():
         overrides.setdefault(section, {})[key] = getattr(args, dest)
-    return load_config(args.config, overrides)
+    base = args.config
+    if args.resume:
+        overrides[""]["output"] = args.resume
+        base = base or Path(args.resume) / "config.yaml"
+        if not Path(base).exists():
+            raise CMLInputError("no config.yaml: not a run directory to resume", args.resume)
+    return load_config(base, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,14 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from cml.experiment import build_experiment
 
+        from cml.runner import prepare_run_dir, run
+
         config = config_from_args(args)
+        if not args.plan_only:
+            prepare_run_dir(config, resume=bool(args.resume))  # fail before any data is loaded
         experiment = build_experiment(config)
         print(experiment.plan())
         if args.plan_only:
             return 0
-        from cml.runner import run
-
-        run(config, experiment)
+        report = run(config, experiment, resume=bool(args.resume))
+        print(f"report: {Path(config.output) / 'report.md'}")
+        for name, m in report["methods"].items():
+            w = m["final_whole_accuracy"]
+            print(f"  {name}: final whole accuracy {100 * w['mean']:.1f} ± {100 * w['error_bound']:.1f}")
     except CMLInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

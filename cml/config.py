@@ -29,6 +29,7 @@ class DataConfig:
 class EncoderConfig:
     name: str = "minilm"  # minilm (offline all-MiniLM-L6-v2), tiny (random, tests), a path or a hub id
     max_length: int = 128
+    freeze_layers: int = 0  # freeze the embeddings and this many bottom layers (0: train everything)
 
 
 @dataclass

@@ -73,6 +73,7 @@ class EncodedSplit:
     head_pos: torch.Tensor  # int64 [n], position of [E11]
     tail_pos: torch.Tensor  # int64 [n], position of [E21]
     labels: torch.Tensor  # int64 [n]
+    hidden: torch.Tensor | None = None  # fp16 [len(ids), hidden]: frozen-layer outputs, when cached
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -89,7 +90,8 @@ class EncodedSplit:
         mask = cols[None, :] < lengths[:, None]
         gather = (starts[:, None] + cols[None, :]).clamp(max=len(self.ids) - 1)
         input_ids = torch.where(mask, self.ids[gather].long(), torch.full_like(gather, pad_id))
-        return {
+        extra = {"hidden": self.hidden[gather] * mask[..., None]} if self.hidden is not None else {}
+        return {**extra,
             "input_ids": input_ids,
             "attention_mask": mask.long(),
             "head_pos": self.head_pos[index],
@@ -155,39 +157,116 @@ def fingerprint(*parts: object) -> str:
     return h.hexdigest()[:16]
 
 
+def memo(path: Path | None, compute):
+    """`compute()`, saved to `path` (atomically) the first time and loaded from it after."""
+    if path is None:
+        return compute()
+    if path.exists():
+        return torch.load(path)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(value, tmp)
+    tmp.replace(path)
+    return value
+
+
 def tokenize_cached(
     tokenizer, examples: list[RelationExample], label_of: dict[str, int], max_length: int, cache_dir: Path | None
 ) -> EncodedSplit:
     """`tokenize`, memoised on disk by (tokenizer vocabulary, examples, labels, max length)."""
-    if cache_dir is None:
-        return tokenize(tokenizer, examples, label_of, max_length)
     key = fingerprint(tokenizer.name_or_path, len(tokenizer), max_length, sorted(label_of.items()), examples)
-    path = Path(cache_dir) / f"tokens-{key}.pt"
-    if path.exists():
-        return EncodedSplit(**torch.load(path))
-    split = tokenize(tokenizer, examples, label_of, max_length)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(vars(split), tmp)
-    tmp.replace(path)
-    return split
+    path = Path(cache_dir) / f"tokens-{key}.pt" if cache_dir is not None else None
+    return EncodedSplit(**memo(path, lambda: vars(tokenize(tokenizer, examples, label_of, max_length))))
 
 
 class RelationEncoder(nn.Module):
-    """Backbone + entity-state pooling: the [E11] and [E21] states concatenated (2 x hidden)."""
+    """Backbone + entity-state pooling: the [E11] and [E21] states concatenated (2 x hidden).
 
-    def __init__(self, backbone: nn.Module):
+    With `frozen_layers = N > 0` the embeddings and the bottom N layers are frozen and always run
+    in eval mode (no dropout), so their outputs are a fixed function of the sentence: they can be
+    computed once per dataset (`frozen_states`) and passed back in as `hidden`, and only the top
+    layers run in training.
+    """
+
+    def __init__(self, backbone: nn.Module, frozen_layers: int = 0):
         super().__init__()
         self.backbone = backbone
         self.out_dim = 2 * backbone.config.hidden_size
+        self.frozen_layers = frozen_layers
+        if frozen_layers > 0:
+            if not hasattr(backbone, "embeddings") or not hasattr(getattr(backbone, "encoder", None), "layer"):
+                raise CMLInputError(f"freezing layers needs a BERT-style encoder (embeddings + encoder.layer); got {type(backbone).__name__}")
+            if frozen_layers >= len(backbone.encoder.layer):
+                raise CMLInputError(f"cannot freeze {frozen_layers} of {len(backbone.encoder.layer)} encoder layers: one must train")
+            for module in self._frozen_modules():
+                module.requires_grad_(False)
 
-    def forward(self, input_ids, attention_mask, head_pos, tail_pos, **_) -> torch.Tensor:
-        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_layers == 0:
+            return []
+        return [self.backbone.embeddings, *self.backbone.encoder.layer[: self.frozen_layers]]
+
+    def train(self, mode: bool = True) -> "RelationEncoder":
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
+    def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        for layer in layers:
+            out = layer(hidden, attention_mask=mask)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    @torch.no_grad()
+    def bottom(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Output of the frozen embeddings and bottom layers."""
+        hidden = self.backbone.embeddings(input_ids=input_ids)
+        return self._layers(hidden, attention_mask, self.backbone.encoder.layer[: self.frozen_layers])
+
+    def forward(self, input_ids, attention_mask, head_pos, tail_pos, hidden=None, **_) -> torch.Tensor:
+        if self.frozen_layers == 0:
+            states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            if hidden is None:
+                hidden = self.bottom(input_ids, attention_mask)
+            dtype = self.backbone.embeddings.word_embeddings.weight.dtype
+            top = self.backbone.encoder.layer[self.frozen_layers :]
+            states = self._layers(hidden.to(dtype), attention_mask, top)
         rows = torch.arange(len(states), device=states.device)
         return torch.cat([states[rows, head_pos], states[rows, tail_pos]], dim=-1)
 
 
-def build_encoder(name: str = DEFAULT_ENCODER, seed: int = 0):
+def frozen_states(encoder: RelationEncoder, split: EncodedSplit, pad_id: int, batch_size: int = 256,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """fp16 outputs of the frozen bottom for every word piece of `split`, flat like `split.ids`."""
+    from tqdm import tqdm
+
+    out = torch.empty(len(split.ids), encoder.backbone.config.hidden_size, dtype=torch.float16)
+    by_length = torch.argsort(split.lengths, stable=True)
+    encoder.eval()
+    for chunk in tqdm(by_length.split(batch_size), desc=f"frozen layers 1-{encoder.frozen_layers}", leave=False):
+        batch = split.batch(chunk, pad_id)
+        hidden = encoder.bottom(batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu()
+        mask = batch["attention_mask"].bool()
+        rows = (split.offsets[chunk][:, None] + torch.arange(mask.shape[1])[None, :])[mask]
+        out[rows] = hidden[mask].half()
+    return out
+
+
+def build_encoder(name: str = DEFAULT_ENCODER, seed: int = 0, frozen_layers: int = 0):
     """(tokenizer, RelationEncoder) for an encoder name, local path or hub id."""
     tokenizer = load_tokenizer(name)
-    return tokenizer, RelationEncoder(load_backbone(name, tokenizer, seed))
+    return tokenizer, RelationEncoder(load_backbone(name, tokenizer, seed), frozen_layers)
+
+
+def frozen_states_cached(encoder: RelationEncoder, name: str, split: EncodedSplit, pad_id: int,
+                         cache_dir: Path | None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """`frozen_states`, memoised on disk by (encoder, frozen layers, word pieces)."""
+    key = fingerprint(name, encoder.frozen_layers, hashlib.sha1(split.ids.numpy().tobytes()).hexdigest(), split.offsets[-1])
+    path = Path(cache_dir) / f"frozen-{key}.pt" if cache_dir is not None else None
+    return memo(path, lambda: frozen_states(encoder, split, pad_id, device=device))

@@ -1,0 +1,177 @@
+"""Every method over every order on the same splits and seeds, with a run directory that survives
+interruption: results appended as each task finishes, a checkpoint after each task, a report at
+the end. `--resume DIR` continues from the last finished task and gives the numbers an
+uninterrupted run would have given.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+import zlib
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from cml.config import RunConfig
+from cml.data import DEFAULT_ROOT
+from cml.encoder import RelationEncoder, frozen_states_cached, load_backbone, load_tokenizer, tokenize_cached
+from cml.engine import EncodedData, Engine
+from cml.errors import CMLInputError
+from cml.experiment import Experiment
+from cml.methods import check_methods, make_strategy
+from cml.model import RelationModel
+
+CONFIG_FILE, RESULTS_FILE, CHECKPOINTS = "config.yaml", "results.jsonl", "checkpoints"
+IGNORED_ON_RESUME = ("output", "device")  # may differ between the first run and its resumption
+
+
+def task_seed(seed: int, method: str, order: int, task: int) -> int:
+    return zlib.crc32(f"{seed}/{method}/{order}/{task}".encode())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CMLInputError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
+    """Check everything about the run directory before anything is written to it."""
+    check_methods(config.train.methods)
+    run_dir = Path(config.output)
+    existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CMLInputError("output directory is not writable", existing if existing != run_dir else run_dir)
+    saved_path = run_dir / CONFIG_FILE
+    if resume:
+        if not saved_path.exists():
+            raise CMLInputError(f"no {CONFIG_FILE}: not a run directory to resume", run_dir)
+        saved = _flat(yaml.safe_load(saved_path.read_text()))
+        wanted = _flat(config.to_dict())
+        for key in sorted(set(saved) | set(wanted)):
+            if key not in IGNORED_ON_RESUME and saved.get(key) != wanted.get(key):
+                raise CMLInputError(
+                    f"cannot resume: the run used {key}={saved.get(key)!r}, this command asks {key}={wanted.get(key)!r}",
+                    saved_path,
+                )
+    elif (run_dir / RESULTS_FILE).exists():
+        raise CMLInputError(f"holds a run already ({RESULTS_FILE}); continue it with --resume {run_dir} or pick another --output", run_dir)
+    return run_dir
+
+
+def read_results(run_dir: Path) -> dict[tuple[str, int, int], dict]:
+    """Rows by (method, order, task); a task recorded twice (re-run after a crash) keeps the last row."""
+    path = run_dir / RESULTS_FILE
+    rows = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[(row["method"], row["order"], row["task"])] = row
+    return rows
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CML_CACHE_DIR", DEFAULT_ROOT / "cache"))
+
+
+def build_model(config: RunConfig, tokenizer, n_relations: int) -> RelationModel:
+    backbone = load_backbone(config.encoder.name, tokenizer, config.seed)
+    encoder = RelationEncoder(backbone, config.encoder.freeze_layers)
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        return RelationModel(encoder, n_relations, config.train.head)
+
+
+def encode_data(config: RunConfig, experiment: Experiment, tokenizer, model: RelationModel,
+                device: torch.device) -> EncodedData:
+    """Tokenise once; with frozen layers, also run them once over every sentence (both cached on disk)."""
+    ds, pad_id = experiment.dataset, tokenizer.pad_token_id or 0
+    splits = [tokenize_cached(tokenizer, examples, ds.label_of, config.encoder.max_length, cache_dir())
+              for examples in (ds.train, ds.test)]
+    if model.encoder.frozen_layers > 0:
+        model.to(device)
+        for split in splits:
+            split.hidden = frozen_states_cached(model.encoder, config.encoder.name, split, pad_id, cache_dir(), device)
+    return EncodedData(*splits, ds.relations, pad_id)
+
+
+def run(config: RunConfig, experiment: Experiment, resume: bool = False, progress: bool = True) -> dict:
+    """Run every method on every order; returns the report (also written to the run directory)."""
+    from cml.report import write_report
+
+    run_dir = prepare_run_dir(config, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
+    device = resolve_device(config.device)
+    tokenizer = load_tokenizer(config.encoder.name)
+    model = build_model(config, tokenizer, len(experiment.dataset.relations))
+    data = encode_data(config, experiment, tokenizer, model, device)
+    initial = copy.deepcopy(model.state_dict())
+    rows = read_results(run_dir)
+    methods, orders = config.train.methods, experiment.orders
+    with (run_dir / RESULTS_FILE).open("a") as log:
+        for method in tqdm(methods, desc="methods", disable=not progress):
+            for o, order in enumerate(tqdm(orders, desc=f"{method}: orders", leave=False, disable=not progress)):
+                model.load_state_dict(initial)
+                engine = Engine(model, data, config.train, make_strategy(method), device, progress=progress)
+                start = _restore(engine, run_dir, rows, method, o, len(order.tasks))
+                tasks = tqdm(range(start, len(order.tasks)), desc=f"{method} order {o}: tasks", leave=False,
+                             initial=start, total=len(order.tasks), disable=not progress)
+                for k in tasks:
+                    engine.seed = task_seed(config.seed, method, o, k)
+                    torch.manual_seed(engine.seed)
+                    began = time.perf_counter()
+                    result = engine.run_task(order.tasks[k])
+                    row = {"method": method, "order": o, "task": k, "relations": order.tasks[k],
+                           **vars(result), "seconds": round(time.perf_counter() - began, 2)}
+                    rows[(method, o, k)] = row
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                    _checkpoint(engine, run_dir, method, o, k, last=k == len(order.tasks) - 1)
+                    whole = sum(a * n for a, n in zip(result.task_accuracy, result.task_size)) / sum(result.task_size)
+                    tqdm.write(f"[{method}] order {o} task {k + 1}/{len(order.tasks)}: whole acc {100 * whole:.1f}, "
+                               f"current task {100 * result.task_accuracy[-1]:.1f} ({row['seconds']:.1f} s)")
+    return write_report(run_dir, config, experiment, rows)
+
+
+def _checkpoint_path(run_dir: Path, method: str, order: int) -> Path:
+    return run_dir / CHECKPOINTS / f"{method}-order{order}.pt"
+
+
+def _checkpoint(engine: Engine, run_dir: Path, method: str, order: int, task: int, last: bool) -> None:
+    """Keep the state after the last finished task; an order's checkpoint goes once the order is done."""
+    path = _checkpoint_path(run_dir, method, order)
+    if last:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_suffix(".tmp")
+    torch.save({"task": task, **engine.state_dict()}, tmp)
+    tmp.replace(path)
+
+
+def _restore(engine: Engine, run_dir: Path, rows: dict, method: str, order: int, n_tasks: int) -> int:
+    """The first task still to run for (method, order), with the engine restored to the state before it."""
+    done = sum(1 for k in range(n_tasks) if (method, order, k) in rows)
+    if done == n_tasks:
+        return n_tasks
+    path = _checkpoint_path(run_dir, method, order)
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=False)
+    engine.load_state_dict(state)
+    return state["task"] + 1

@@ -1,0 +1,125 @@
+import json
+
+import pytest
+import torch
+
+from cml.cli import main
+from cml.config import RunConfig
+from cml.engine import Engine
+from cml.experiment import build_experiment
+from cml.runner import RESULTS_FILE, run
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CML_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def small_config(output, methods=("finetune", "replay", "joint"), orders=2) -> RunConfig:
+    config = RunConfig(output=str(output), seed=3)
+    config.data.max_per_relation = 8
+    config.data.orders = orders
+    config.encoder.name = "tiny"
+    config.train.methods = list(methods)
+    config.train.epochs = 1
+    config.train.batch_size = 8
+    config.train.memory_size = 3
+    config.train.head_lr = 1e-2
+    config.encoder.freeze_layers = 1
+    return config
+
+
+def rows_without_time(run_dir):
+    rows = [json.loads(line) for line in (run_dir / RESULTS_FILE).read_text().splitlines()]
+    latest = {(r["method"], r["order"], r["task"]): {k: v for k, v in r.items() if k != "seconds"} for r in rows}
+    return [latest[k] for k in sorted(latest)]
+
+
+def test_run_writes_report_and_keeps_class_incremental_protocol(tmp_path):
+    config = small_config(tmp_path / "run")
+    report = run(config, build_experiment(config), progress=False)
+    for name in ("report.json", "report.md", "accuracy_by_stage.png", "accuracy_matrix.png", "config.yaml"):
+        assert (tmp_path / "run" / name).exists()
+    assert not list((tmp_path / "run" / "checkpoints").iterdir())  # finished orders keep no checkpoint
+    rows = rows_without_time(tmp_path / "run")
+    assert len(rows) == 3 * 2 * 5
+    for row in rows:
+        assert len(row["task_accuracy"]) == row["task"] + 1
+        assert all(size == 4 * 20 for size in row["task_size"])  # 4 relations x 20 test examples
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| method | final W |" in md and "## replay" in md
+    assert set(report["methods"]) == {"finetune", "replay", "joint"}
+
+
+def test_same_seed_same_numbers_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    config = small_config(tmp_path / "full", methods=("replay",))
+    experiment = build_experiment(config)
+    run(config, experiment, progress=False)
+
+    interrupted = small_config(tmp_path / "cut", methods=("replay",))
+    calls = {"n": 0}
+    original = Engine.run_task
+
+    def crash_on_seventh(self, relations):
+        calls["n"] += 1
+        if calls["n"] == 7:  # order 1, task 2
+            raise KeyboardInterrupt
+        return original(self, relations)
+
+    monkeypatch.setattr(Engine, "run_task", crash_on_seventh)
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupted, experiment, progress=False)
+    assert (tmp_path / "cut" / "checkpoints" / "replay-order1.pt").exists()
+    assert len(rows_without_time(tmp_path / "cut")) == 6
+    monkeypatch.setattr(Engine, "run_task", original)
+    assert main(["--resume", str(tmp_path / "cut")]) == 0
+    assert rows_without_time(tmp_path / "cut") == rows_without_time(tmp_path / "full")
+
+
+def test_replay_memory_holds_prototypes_of_seen_relations(tmp_path, tiny, demo):
+    from cml.runner import build_model, encode_data
+    from cml.methods import make_strategy
+
+    config = small_config(tmp_path)
+    experiment = build_experiment(config)
+    model = build_model(config, tiny[0], len(experiment.dataset.relations))
+    data = encode_data(config, experiment, tiny[0], model, torch.device("cpu"))
+    engine = Engine(model, data, config.train, make_strategy("replay"), torch.device("cpu"), progress=False)
+    tasks = experiment.orders[0].tasks
+    engine.run_task(tasks[0])
+    engine.run_task(tasks[1])
+    assert sorted(engine.memory.slots) == sorted(tasks[0] + tasks[1])
+    for relation, idx in engine.memory.slots.items():
+        assert 1 <= len(idx) <= 3
+        assert all(data.relations[int(label)] == relation for label in data.train.labels[idx])
+
+
+def test_unknown_method_touches_nothing(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["--method", "replay,magic", "--output", str(out), "--encoder", "tiny"]) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_resume_with_a_different_config_touches_nothing(tmp_path, capsys):
+    config = small_config(tmp_path / "run", methods=("finetune",), orders=1)
+    run(config, build_experiment(config), progress=False)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    assert main(["--resume", str(tmp_path / "run"), "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "train.epochs=1" in err and "train.epochs=3" in err
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path, capsys):
+    config = small_config(tmp_path / "run", methods=("finetune",), orders=1)
+    run(config, build_experiment(config), progress=False)
+    assert main(["--output", str(tmp_path / "run"), "--encoder", "tiny"]) == 2
+    assert "holds a run already" in capsys.readouterr().err
+
+
+def test_non_writable_output_directory(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["--output", str(blocker / "run"), "--encoder", "tiny"]) == 2
+    assert "output directory is not writable" in capsys.readouterr().err
