@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Thin entry point; everything lives in cml.cli."""
+
 import sys
 
 from cml.cli import main

@@ -1,7 +1,8 @@
 """Time tokenising every FewRel sentence (train + val + test) with entity markers.
 
-    python benchmarks/tokenize_fewrel.py --data-dir ../shared/data/fewrel [--encoder minilm]
+python benchmarks/tokenize_fewrel.py --data-dir ../shared/data/fewrel [--encoder minilm]
 """
+
 import argparse
 import time
 

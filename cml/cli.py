@@ -1,11 +1,12 @@
 """Command line: flags -> RunConfig -> experiment -> runner. Input errors exit with code 2."""
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from cml.config import RunConfig, load_config
+from cml.config import CHOICES, RunConfig, load_config
 from cml.errors import CMLInputError
 
 # flag destination -> (config section, field); "" is the top level
@@ -24,6 +25,15 @@ FLAGS = {
     "batch_size": ("train", "batch_size"),
     "memory_size": ("train", "memory_size"),
     "head": ("train", "head"),
+    "curriculum_order": ("data", "curriculum_orders"),
+    "types": ("cml", "types"),
+    "n_types": ("cml", "n_types"),
+    "similarity": ("cml", "similarity"),
+    "pacing": ("cml", "pacing"),
+    "start_fraction": ("cml", "start_fraction"),
+    "direction": ("cml", "direction"),
+    "meta_eps": ("cml", "meta_eps"),
+    "meta_schedule": ("cml", "meta_schedule"),
     "output": ("", "output"),
     "seed": ("", "seed"),
     "device": ("", "device"),
@@ -31,24 +41,44 @@ FLAGS = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_cml.py", description="Continual relation extraction with curriculum-meta learning.")
+    p = argparse.ArgumentParser(
+        prog="run_cml.py", description="Continual relation extraction with curriculum-meta learning."
+    )
     p.add_argument("--config", help="YAML config file; flags given here override it")
     p.add_argument("--dataset", help="demo, fewrel, tacred, or a path to a FewRel-format file or directory")
     p.add_argument("--data-dir", help="directory of the dataset's files (default $CML_DATA_DIR, else data/<dataset>)")
     p.add_argument("--orders", type=int, help="number of task orders (default 5)")
-    p.add_argument("--tasks", type=int, help="number of tasks (default: the dataset's task_orders.json, else 10; demo 5)")
-    p.add_argument("--task-split", choices=["random", "clustered"], help="how relations are cut into tasks")
+    p.add_argument(
+        "--tasks", type=int, help="number of tasks (default: the dataset's task_orders.json, else 10; demo 5)"
+    )
+    p.add_argument("--task-split", choices=CHOICES["task_split"], help="how relations are cut into tasks")
     p.add_argument("--max-per-relation", type=int, help="cap on training examples per relation, for quick runs")
     p.add_argument("--encoder", help="minilm (offline default), tiny (random, for tests), a local path or a hub id")
     p.add_argument("--max-length", type=int, help="maximum word pieces per sentence (default 128)")
-    p.add_argument("--method", type=lambda s: [m.strip() for m in s.split(",") if m.strip()], help="comma list of methods")
+    p.add_argument(
+        "--method", type=lambda s: [m.strip() for m in s.split(",") if m.strip()], help="comma list of methods"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--memory-size", type=int, help="memory examples per relation (default 10)")
-    p.add_argument("--head", choices=["linear", "mlp"])
+    p.add_argument("--head", choices=CHOICES["head"])
+    p.add_argument(
+        "--curriculum-order",
+        action="store_true",
+        default=None,
+        help="also run order 0's tasks sorted by difficulty, easy to hard and hard to easy",
+    )
+    p.add_argument("--types", help="entity types: auto, dataset, induced, or a KG type map (JSON: entity id -> types)")
+    p.add_argument("--n-types", type=int, help="clusters for induced types (default 32)")
+    p.add_argument("--similarity", choices=CHOICES["similarity"], help="relation similarity (default kl)")
+    p.add_argument("--pacing", choices=CHOICES["pacing"], help="curriculum pacing (default linear)")
+    p.add_argument("--start-fraction", type=float, help="fraction of the memory available at the first step")
+    p.add_argument("--direction", choices=CHOICES["direction"], help="curriculum direction")
+    p.add_argument("--meta-eps", type=float, help="Reptile step size (default 0.5)")
+    p.add_argument("--meta-schedule", choices=CHOICES["meta_schedule"], help="Reptile step-size schedule")
     p.add_argument("--output", help="run directory (default runs/latest)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=CHOICES["device"])
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last finished task")
     p.add_argument("--freeze-layers", type=int, help="freeze the embeddings and this many bottom encoder layers")
     p.add_argument("--plan-only", action="store_true", help="load the data, print the task plan and stop")
@@ -73,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         from cml.experiment import build_experiment
-
         from cml.runner import prepare_run_dir, run
 
         config = config_from_args(args)

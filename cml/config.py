@@ -1,8 +1,9 @@
 """Run configuration: dataclasses, loaded from YAML and overridden by command-line flags.
 
-A config file mirrors these sections (`data:`, `encoder:`, `train:`) plus the top-level run
+A config file mirrors these sections (`data:`, `encoder:`, `train:`, `cml:`) plus the top-level run
 fields; an unknown key is an error that names the file, so a typo never passes silently.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,7 @@ class DataConfig:
     n_tasks: int | None = None  # default: the dataset's task_orders.json, else 10 (demo: 5)
     task_split: str = "random"  # random (seeds 2021 + 100 i) or clustered
     orders: int = 5
+    curriculum_orders: bool = False  # also run order 0's tasks sorted easy to hard and hard to easy
 
 
 @dataclass
@@ -36,7 +38,7 @@ class EncoderConfig:
 class TrainConfig:
     methods: list[str] = field(default_factory=lambda: ["finetune", "replay", "joint"])
     epochs: int = 2
-    batch_size: int = 32
+    batch_size: int = 16
     eval_batch_size: int = 128
     lr: float = 5e-5
     head_lr: float = 1e-3
@@ -45,23 +47,67 @@ class TrainConfig:
 
 
 @dataclass
+class CMLConfig:
+    """The curriculum-meta learner and the relation space it (and the reports) use."""
+
+    types: str = "auto"  # auto (dataset types, else induced), dataset, induced, or a KG type map (JSON path)
+    n_types: int = 32  # clusters for induced types
+    similarity: str = "kl"  # kl (exp(-symmetrised KL / tau)) or cosine
+    tau: float | None = None  # default: the median off-diagonal divergence
+    pacing: str = "linear"  # linear, root or step
+    start_fraction: float = 0.25
+    direction: str = "easy_first"  # easy_first or hard_first
+    meta_eps: float = 0.5  # Reptile step size
+    meta_schedule: str = "fixed"  # fixed, linear (eps (1 - k/K)) or sqrt (eps sqrt(1 - k/K))
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cml: CMLConfig = field(default_factory=CMLConfig)
     output: str = "runs/latest"
     seed: int = 2021
     device: str = "auto"  # auto, cpu or cuda
+
+    def check(self, source: str = "config") -> "RunConfig":
+        """Every option with a fixed set of values, checked before anything runs."""
+        for where, value, allowed in (
+            ("data.task_split", self.data.task_split, CHOICES["task_split"]),
+            ("train.head", self.train.head, CHOICES["head"]),
+            ("device", self.device, CHOICES["device"]),
+            ("cml.similarity", self.cml.similarity, CHOICES["similarity"]),
+            ("cml.pacing", self.cml.pacing, CHOICES["pacing"]),
+            ("cml.direction", self.cml.direction, CHOICES["direction"]),
+            ("cml.meta_schedule", self.cml.meta_schedule, CHOICES["meta_schedule"]),
+        ):
+            if value not in allowed:
+                raise CMLInputError(f"{where} is {value!r}; use one of {', '.join(allowed)}", source)
+        if self.cml.types not in ("auto", "dataset", "induced") and not Path(self.cml.types).is_file():
+            raise CMLInputError(
+                f"cml.types is {self.cml.types!r}: not auto, dataset, induced, or an existing type map file", source
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "RunConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> RunConfig:
         return _build(cls, values, source)
 
 
-SECTIONS = {"data": DataConfig, "encoder": EncoderConfig, "train": TrainConfig}
+CHOICES = {
+    "task_split": ("random", "clustered"),
+    "head": ("linear", "mlp"),
+    "device": ("auto", "cpu", "cuda"),
+    "similarity": ("kl", "cosine"),
+    "pacing": ("linear", "root", "step"),
+    "direction": ("easy_first", "hard_first"),
+    "meta_schedule": ("fixed", "linear", "sqrt"),
+}
+SECTIONS = {"data": DataConfig, "encoder": EncoderConfig, "train": TrainConfig, "cml": CMLConfig}
 
 
 def _build(cls, values: Any, source: str, prefix: str = ""):
@@ -95,4 +141,4 @@ def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | 
         for key, value in items.items():
             if value is not None:
                 setattr(target, key, value)
-    return config
+    return config.check(str(path or "config"))

@@ -3,6 +3,7 @@
 The sentence is read as `[E11] head [E12] ... [E21] tail [E22]` and the relation representation
 is the concatenation of the final hidden states at `[E11]` and `[E21]` (METHOD.md section 2).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,7 +37,9 @@ def load_tokenizer(name: str = DEFAULT_ENCODER):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
     except (OSError, ValueError) as e:
-        raise CMLInputError(f"cannot load a tokenizer ({e.__class__.__name__}: {str(e).splitlines()[0]})", source) from None
+        raise CMLInputError(
+            f"cannot load a tokenizer ({e.__class__.__name__}: {str(e).splitlines()[0]})", source
+        ) from None
     tokenizer.add_special_tokens({"additional_special_tokens": list(MARKERS)})
     return tokenizer
 
@@ -47,8 +50,12 @@ def load_backbone(name: str, tokenizer, seed: int = 0) -> nn.Module:
 
     if name == TINY:
         config = BertConfig(
-            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=512,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=512,
         )
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -57,7 +64,9 @@ def load_backbone(name: str, tokenizer, seed: int = 0) -> nn.Module:
     try:
         model = AutoModel.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise CMLInputError(f"cannot load an encoder ({e.__class__.__name__}: {str(e).splitlines()[0]})", source) from None
+        raise CMLInputError(
+            f"cannot load an encoder ({e.__class__.__name__}: {str(e).splitlines()[0]})", source
+        ) from None
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the new marker embeddings are drawn at random
         model.resize_token_embeddings(len(tokenizer))
@@ -91,7 +100,8 @@ class EncodedSplit:
         gather = (starts[:, None] + cols[None, :]).clamp(max=len(self.ids) - 1)
         input_ids = torch.where(mask, self.ids[gather].long(), torch.full_like(gather, pad_id))
         extra = {"hidden": self.hidden[gather] * mask[..., None]} if self.hidden is not None else {}
-        return {**extra,
+        return {
+            **extra,
             "input_ids": input_ids,
             "attention_mask": mask.long(),
             "head_pos": self.head_pos[index],
@@ -125,7 +135,9 @@ def _truncate(ids: np.ndarray, keep: tuple[int, int, int, int], max_length: int)
     return np.concatenate([cls, body[h0 : h0 + half], body[t0 : t0 + budget - half], sep])
 
 
-def tokenize(tokenizer, examples: list[RelationExample], label_of: dict[str, int], max_length: int = 128) -> EncodedSplit:
+def tokenize(
+    tokenizer, examples: list[RelationExample], label_of: dict[str, int], max_length: int = 128
+) -> EncodedSplit:
     """Tokenise with entity markers in one batched call of the fast tokenizer."""
     marker_ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
     if not examples:
@@ -196,9 +208,13 @@ class RelationEncoder(nn.Module):
         self.frozen_layers = frozen_layers
         if frozen_layers > 0:
             if not hasattr(backbone, "embeddings") or not hasattr(getattr(backbone, "encoder", None), "layer"):
-                raise CMLInputError(f"freezing layers needs a BERT-style encoder (embeddings + encoder.layer); got {type(backbone).__name__}")
+                raise CMLInputError(
+                    f"freezing layers needs a BERT-style encoder (embeddings + encoder.layer); got {type(backbone).__name__}"
+                )
             if frozen_layers >= len(backbone.encoder.layer):
-                raise CMLInputError(f"cannot freeze {frozen_layers} of {len(backbone.encoder.layer)} encoder layers: one must train")
+                raise CMLInputError(
+                    f"cannot freeze {frozen_layers} of {len(backbone.encoder.layer)} encoder layers: one must train"
+                )
             for module in self._frozen_modules():
                 module.requires_grad_(False)
 
@@ -207,7 +223,7 @@ class RelationEncoder(nn.Module):
             return []
         return [self.backbone.embeddings, *self.backbone.encoder.layer[: self.frozen_layers]]
 
-    def train(self, mode: bool = True) -> "RelationEncoder":
+    def train(self, mode: bool = True) -> RelationEncoder:
         super().train(mode)
         for module in self._frozen_modules():
             module.eval()
@@ -216,7 +232,9 @@ class RelationEncoder(nn.Module):
     def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
         from transformers.masking_utils import create_bidirectional_mask
 
-        mask = create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        mask = create_bidirectional_mask(
+            config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
         for layer in layers:
             out = layer(hidden, attention_mask=mask)
             hidden = out[0] if isinstance(out, tuple) else out
@@ -241,8 +259,13 @@ class RelationEncoder(nn.Module):
         return torch.cat([states[rows, head_pos], states[rows, tail_pos]], dim=-1)
 
 
-def frozen_states(encoder: RelationEncoder, split: EncodedSplit, pad_id: int, batch_size: int = 256,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
+def frozen_states(
+    encoder: RelationEncoder,
+    split: EncodedSplit,
+    pad_id: int,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """fp16 outputs of the frozen bottom for every word piece of `split`, flat like `split.ids`."""
     from tqdm import tqdm
 
@@ -264,9 +287,17 @@ def build_encoder(name: str = DEFAULT_ENCODER, seed: int = 0, frozen_layers: int
     return tokenizer, RelationEncoder(load_backbone(name, tokenizer, seed), frozen_layers)
 
 
-def frozen_states_cached(encoder: RelationEncoder, name: str, split: EncodedSplit, pad_id: int,
-                         cache_dir: Path | None, device: torch.device | str = "cpu") -> torch.Tensor:
+def frozen_states_cached(
+    encoder: RelationEncoder,
+    name: str,
+    split: EncodedSplit,
+    pad_id: int,
+    cache_dir: Path | None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """`frozen_states`, memoised on disk by (encoder, frozen layers, word pieces)."""
-    key = fingerprint(name, encoder.frozen_layers, hashlib.sha1(split.ids.numpy().tobytes()).hexdigest(), split.offsets[-1])
+    key = fingerprint(
+        name, encoder.frozen_layers, hashlib.sha1(split.ids.numpy().tobytes()).hexdigest(), split.offsets[-1]
+    )
     path = Path(cache_dir) / f"frozen-{key}.pt" if cache_dir is not None else None
     return memo(path, lambda: frozen_states(encoder, split, pad_id, device=device))

@@ -4,11 +4,12 @@ Per task the engine calls, in order: `before_task`, `training_indices`, then for
 batches from `batches` (one optimiser step each), `after_training`, `after_task`, and finally
 evaluates on the test sets of every relation seen so far (class-incremental).
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -56,28 +57,34 @@ class TaskResult:
 class Strategy:
     """A method: the default hooks train on the current task's data alone (finetune)."""
 
-    name = "finetune"
-
-    def before_task(self, engine: "Engine") -> None:
+    def before_task(self, engine: Engine) -> None:
         pass
 
-    def training_indices(self, engine: "Engine") -> torch.Tensor:
+    def training_indices(self, engine: Engine) -> torch.Tensor:
         return engine.data.train_indices(engine.current)
 
-    def batches(self, engine: "Engine", indices: torch.Tensor, epoch: int) -> Iterator[torch.Tensor]:
+    def batches(self, engine: Engine, indices: torch.Tensor, epoch: int) -> Iterator[torch.Tensor]:
         order = indices[torch.randperm(len(indices))]
         yield from order.split(engine.config.batch_size)
 
-    def after_training(self, engine: "Engine") -> None:
+    def after_training(self, engine: Engine) -> None:
         pass
 
-    def after_task(self, engine: "Engine") -> None:
+    def after_task(self, engine: Engine) -> None:
         pass
 
 
 class Engine:
-    def __init__(self, model: RelationModel, data: EncodedData, config: TrainConfig, strategy: Strategy,
-                 device: torch.device, seed: int = 0, progress: bool = True):
+    def __init__(
+        self,
+        model: RelationModel,
+        data: EncodedData,
+        config: TrainConfig,
+        strategy: Strategy,
+        device: torch.device,
+        seed: int = 0,
+        progress: bool = True,
+    ):
         self.model = model.to(device)
         self.data, self.config, self.strategy = data, config, strategy
         self.device, self.seed, self.progress = device, seed, progress
@@ -100,7 +107,9 @@ class Engine:
     def optimizer(self) -> torch.optim.Optimizer:
         encoder = [p for p in self.model.encoder.parameters() if p.requires_grad]
         rest = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
-        return torch.optim.AdamW([{"params": encoder, "lr": self.config.lr}, {"params": rest, "lr": self.config.head_lr}])
+        return torch.optim.AdamW(
+            [{"params": encoder, "lr": self.config.lr}, {"params": rest, "lr": self.config.head_lr}]
+        )
 
     def train_step(self, indices: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
         batch = self.to_device(self.data.train.batch(indices, self.data.pad_id))
@@ -122,8 +131,12 @@ class Engine:
         optimizer = self.optimizer()
         self.model.train()
         for epoch in range(self.config.epochs):
-            bar = tqdm(list(s.batches(self, indices, epoch)), desc=f"    epoch {epoch + 1}/{self.config.epochs}",
-                       leave=False, disable=not self.progress)
+            bar = tqdm(
+                list(s.batches(self, indices, epoch)),
+                desc=f"    epoch {epoch + 1}/{self.config.epochs}",
+                leave=False,
+                disable=not self.progress,
+            )
             for batch in bar:
                 bar.set_postfix(loss=f"{self.train_step(batch, optimizer):.3f}", refresh=False)
         s.after_training(self)
@@ -156,11 +169,11 @@ class Engine:
         per_relation = {}
         for r in relations:
             mask = labels == self.data.label_of[r]
-            per_relation[r] = float(correct[mask].mean())
+            per_relation[r] = round(float(correct[mask].mean()), 6)
         task_acc, task_size = [], []
         for task in self.tasks:
             mask = torch.isin(labels, torch.tensor([self.data.label_of[r] for r in task]))
-            task_acc.append(float(correct[mask].mean()))
+            task_acc.append(round(float(correct[mask].mean()), 6))
             task_size.append(int(mask.sum()))
         return TaskResult(task_acc, task_size, per_relation)
 

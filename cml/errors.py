@@ -3,6 +3,7 @@
 Every problem with user input (files, flags, configs) is raised as `CMLInputError` with a
 message that names the file and the problem; the CLI prints it on one line and exits with 2.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,42 +1,97 @@
-"""From a config to what every method runs on: the dataset (capped) and its task orders."""
+"""From a config to what every method runs on: the dataset (capped), the relation space
+(similarities and difficulties) and the task orders."""
+
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from cml.config import RunConfig
-from cml.data import RelationDataset, load_dataset
+from cml.data import DEFAULT_ROOT, RelationDataset, load_dataset
+from cml.relations import RelationSpace
 from cml.tasks import TaskOrder, make_orders
 
 DEFAULT_TASKS = {"demo": 5}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CML_CACHE_DIR", DEFAULT_ROOT / "cache"))
 
 
 @dataclass
 class Experiment:
     dataset: RelationDataset
     orders: list[TaskOrder]
+    space: RelationSpace
+    type_source: str
+
+    def difficulties(self, order: TaskOrder) -> list[float]:
+        """d(T) of each task of an order, with respect to the other tasks of that order."""
+        return self.space.task_difficulty(order.tasks)
 
     def plan(self) -> str:
         """The task plan printed at the start of a run."""
         ds = self.dataset
         n_train, n_val, n_test = ds.counts()
         lines = [
-            f"dataset {ds.name} ({ds.source}): {len(ds.relations)} relations, "
-            f"{n_train:,} train / {n_val:,} val / {n_test:,} test",
+            (
+                f"dataset {ds.name} ({ds.source}): {len(ds.relations)} relations, "
+                f"{n_train:,} train / {n_val:,} val / {n_test:,} test; entity types: {self.type_source}"
+            ),
         ]
         for i, order in enumerate(self.orders):
             lines.append(f"order {i} ({order.origin}):")
-            for k, task in enumerate(order.tasks):
-                lines.append(f"  task {k}: {', '.join(ds.display_name(r) for r in task)}")
+            for k, (task, d) in enumerate(zip(order.tasks, self.difficulties(order))):
+                lines.append(f"  task {k} (difficulty {d:.3f}): {', '.join(ds.display_name(r) for r in task)}")
         return "\n".join(lines)
+
+
+def relation_space(config: RunConfig, dataset: RelationDataset) -> tuple[RelationSpace, str]:
+    """Similarities from the preferred type source: a KG map, the dataset's types, or induced types."""
+    from cml import relations as rel
+
+    source = config.cml.types
+    if source == "auto":
+        source = "dataset" if all(ex.head_type and ex.tail_type for ex in dataset.train) else "induced"
+    if source == "dataset":
+        types, label = rel.dataset_types(dataset), "carried by the dataset"
+    elif source == "induced":
+        from cml.encoder import fingerprint, load_backbone, load_tokenizer, memo
+
+        def induce():
+            tokenizer = load_tokenizer(config.encoder.name)
+            backbone = load_backbone(config.encoder.name, tokenizer, config.seed)
+            return rel.induced_types(dataset, tokenizer, backbone, config.cml.n_types, config.seed)
+
+        key = fingerprint(config.encoder.name, config.cml.n_types, config.seed, dataset.train)
+        types = memo(cache_dir() / f"types-{key}.pt", induce)
+        label = f"induced ({config.cml.n_types} K-means clusters of {config.encoder.name} mention encodings)"
+    else:
+        types, label = rel.kg_types(dataset, source), f"knowledge-graph type map {source}"
+    return rel.build_space(dataset, types, config.cml.similarity, config.cml.tau), label
+
+
+def curriculum_orders(space: RelationSpace, base: TaskOrder) -> list[TaskOrder]:
+    """The tasks of `base` sorted by difficulty, easy to hard and hard to easy."""
+    d = space.task_difficulty(base.tasks)
+    rank = list(np.argsort(d, kind="stable"))
+    return [
+        TaskOrder([base.tasks[i] for i in rank], "easy to hard (tasks of order 0)"),
+        TaskOrder([base.tasks[i] for i in rank[::-1]], "hard to easy (tasks of order 0)"),
+    ]
 
 
 def build_experiment(config: RunConfig) -> Experiment:
     data = config.data
     dataset = load_dataset(data.dataset, data.data_dir, seed=config.seed).cap_train(data.max_per_relation)
-    n_tasks = data.n_tasks or (len(dataset.task_orders[0]) if dataset.task_orders else DEFAULT_TASKS.get(dataset.name, 10))
-    vectors = None
-    if data.task_split == "clustered":
-        from cml.relations import type_vectors
-
-        vectors = type_vectors(dataset)
-    return Experiment(dataset, make_orders(dataset, data.orders, n_tasks, data.task_split, vectors))
+    n_tasks = data.n_tasks or (
+        len(dataset.task_orders[0]) if dataset.task_orders else DEFAULT_TASKS.get(dataset.name, 10)
+    )
+    space, type_source = relation_space(config, dataset)
+    orders = make_orders(dataset, data.orders, n_tasks, data.task_split, space.vectors)
+    if data.curriculum_orders:
+        orders += curriculum_orders(space, orders[0])
+    return Experiment(dataset, orders, space, type_source)

@@ -1,4 +1,5 @@
 """Episodic memory: per relation, the training examples nearest the centroids of a K-means."""
+
 from __future__ import annotations
 
 import numpy as np

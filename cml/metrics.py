@@ -5,6 +5,7 @@ the task at position k in order o (NaN above the diagonal, j > k). `n` has shape
 number of test examples of the task at position j. Everything runs on whatever device the
 tensors live on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,3 +80,22 @@ def spread(values: torch.Tensor) -> Spread:
 def order_sensitivity(final_by_unit: torch.Tensor) -> torch.Tensor:
     """OS_j = std over orders of the final accuracy of unit j; `final_by_unit` is [O, units]."""
     return final_by_unit.std(dim=0)
+
+
+# Difficulty-based order sensitivity (METHOD.md section 4). Rank correlations use scipy, which
+# handles ties; the arrays are one number per task or per order.
+
+
+def difficulty_weighted_os(os_units: torch.Tensor, difficulty: torch.Tensor) -> float:
+    """OS_d = sum_j d_j OS_j / sum_j d_j."""
+    return float((difficulty * os_units).sum() / difficulty.sum())
+
+
+def spearman(x, y) -> float:
+    return float(stats.spearmanr(torch.as_tensor(x).cpu(), torch.as_tensor(y).cpu()).statistic)
+
+
+def curriculumness(difficulty: torch.Tensor) -> torch.Tensor:
+    """tau_o = Kendall(position, d) per order; `difficulty` is [O, K]; +1 is easy to hard."""
+    positions = list(range(difficulty.shape[1]))
+    return torch.tensor([stats.kendalltau(positions, d.cpu()).statistic for d in difficulty], dtype=torch.float64)

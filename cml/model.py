@@ -4,6 +4,7 @@ Masking the logits of relations not yet seen is the class-incremental classifier
 relations arrive: an unseen relation gets probability zero and so no gradient, exactly as if its
 row did not exist, while parameter shapes stay fixed for checkpoints and meta steps.
 """
+
 from __future__ import annotations
 
 import torch

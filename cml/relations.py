@@ -1,25 +1,170 @@
-"""Relation representations from the distribution of head (domain) and tail (range) entity types.
+"""Relation representations from the distribution of head (domain) and tail (range) entity types,
+relation similarity, and task / relation difficulty (METHOD.md sections 3.1 and 3.2).
 
-v_r = [P_h(type | r) ; P_t(type | r)], additively smoothed (METHOD.md section 3.1).
+v_r = [P_h(type | r) ; P_t(type | r)], additively smoothed. Types come from, in order of
+preference, a knowledge-graph type map (entity id -> types), the types the dataset carries, or
+types induced by clustering pre-trained mention encodings.
 """
+
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import torch
+
+from cml.data.io import read_json
 from cml.data.records import RelationDataset
 from cml.errors import CMLInputError
 
+# Per training example, the head's and the tail's types, each a list (an entity may have several).
+ExampleTypes = list[tuple[list[str], list[str]]]
 
-def type_vectors(dataset: RelationDataset, smoothing: float = 1e-3) -> np.ndarray:
-    """One row per relation (in `dataset.relations` order) from the types the dataset carries."""
+
+def dataset_types(dataset: RelationDataset) -> ExampleTypes:
     if any(ex.head_type is None or ex.tail_type is None for ex in dataset.train):
-        raise CMLInputError(f"dataset {dataset.name} carries no entity types for every training example", dataset.source)
-    types = sorted({t for ex in dataset.train for t in (ex.head_type, ex.tail_type)})
-    col = {t: i for i, t in enumerate(types)}
+        raise CMLInputError(
+            f"dataset {dataset.name} does not carry entity types on every training example", dataset.source
+        )
+    return [([ex.head_type], [ex.tail_type]) for ex in dataset.train]
+
+
+def kg_types(dataset: RelationDataset, path: str | Path) -> ExampleTypes:
+    """Types from a JSON map {entity id: [type, ...]}; every entity of the training set must be in it."""
+    type_map = read_json(path)
+    if not isinstance(type_map, dict):
+        raise CMLInputError("expected a JSON object {entity id: [types]}", path)
+    out = []
+    for i, ex in enumerate(dataset.train):
+        pair = []
+        for entity in (ex.head_id, ex.tail_id):
+            types = type_map.get(entity) if entity is not None else None
+            if not types:
+                raise CMLInputError(
+                    f"no types for entity {entity!r} (training example {i}, relation {ex.relation})", path
+                )
+            pair.append([types] if isinstance(types, str) else list(types))
+        out.append((pair[0], pair[1]))
+    return out
+
+
+def type_distributions(
+    dataset: RelationDataset, types: ExampleTypes, smoothing: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray]:
+    """P_h and P_t, each [relations, types]; an entity with k types gives 1/k to each."""
+    names = sorted({t for head, tail in types for t in head + tail})
+    col = {t: i for i, t in enumerate(names)}
     row = dataset.label_of
-    counts = np.zeros((len(dataset.relations), 2, len(types)))
-    for ex in dataset.train:
-        counts[row[ex.relation], 0, col[ex.head_type]] += 1
-        counts[row[ex.relation], 1, col[ex.tail_type]] += 1
+    counts = np.zeros((2, len(dataset.relations), len(names)))
+    for ex, (head, tail) in zip(dataset.train, types):
+        for side, entity_types in ((0, head), (1, tail)):
+            for t in entity_types:
+                counts[side, row[ex.relation], col[t]] += 1 / len(entity_types)
     counts += smoothing
-    return (counts / counts.sum(-1, keepdims=True)).reshape(len(dataset.relations), -1)
+    dist = counts / counts.sum(-1, keepdims=True)
+    return dist[0], dist[1]
+
+
+def _symmetric_kl(p: np.ndarray) -> np.ndarray:
+    """KL(p_a || p_b) + KL(p_b || p_a) for every pair of rows: sum (p_a - p_b)(log p_a - log p_b)."""
+    logp = np.log(p)
+    return (p * logp).sum(1)[:, None] + (p * logp).sum(1)[None, :] - p @ logp.T - (p @ logp.T).T
+
+
+def relation_similarity(p_h: np.ndarray, p_t: np.ndarray, kind: str = "kl", tau: float | None = None) -> np.ndarray:
+    """sim(r, r') = exp(-D / tau) with D the symmetrised KL of domains plus that of ranges; or the
+    cosine of v_r. `tau` defaults to the median off-diagonal D, which makes the scale data-free."""
+    if kind == "cosine":
+        v = np.concatenate([p_h, p_t], axis=1)
+        v = v / np.linalg.norm(v, axis=1, keepdims=True)
+        return v @ v.T
+    if kind != "kl":
+        raise CMLInputError(f"unknown similarity {kind!r}: use kl or cosine")
+    d = np.maximum(_symmetric_kl(p_h) + _symmetric_kl(p_t), 0.0)
+    np.fill_diagonal(d, 0.0)
+    if tau is None:
+        off = d[~np.eye(len(d), dtype=bool)]
+        tau = float(np.median(off)) if off.size and np.median(off) > 0 else 1.0
+    return np.exp(-d / tau)
+
+
+@dataclass
+class RelationSpace:
+    """Similarities between the relations of a dataset, indexed by relation id."""
+
+    relations: list[str]
+    vectors: np.ndarray  # [R, 2T]: v_r = [P_h ; P_t]
+    similarity: np.ndarray  # [R, R]
+
+    def __post_init__(self) -> None:
+        self.index = {r: i for i, r in enumerate(self.relations)}
+
+    def _ix(self, relations: list[str]) -> list[int]:
+        return [self.index[r] for r in relations]
+
+    def task_similarity(self, a: list[str], b: list[str]) -> float:
+        """S(T_a, T_b): mean similarity over pairs of their relations."""
+        return float(self.similarity[np.ix_(self._ix(a), self._ix(b))].mean())
+
+    def task_difficulty(self, tasks: list[list[str]]) -> list[float]:
+        """d(T_i) = mean over j != i of S(T_i, T_j): how confusable a task is with the others."""
+        k = len(tasks)
+        if k < 2:
+            return [0.0] * k
+        return [
+            float(np.mean([self.task_similarity(tasks[i], tasks[j]) for j in range(k) if j != i])) for i in range(k)
+        ]
+
+    def relation_difficulty(self, relation: str, others: list[str]) -> float:
+        """d(r | R) = mean over b in R of sim(r, b)."""
+        return float(self.similarity[self.index[relation], self._ix(others)].mean())
+
+    def nearest(self, relation: str, k: int = 5) -> list[tuple[str, float]]:
+        row = self.similarity[self.index[relation]]
+        order = [i for i in np.argsort(-row, kind="stable") if i != self.index[relation]][:k]
+        return [(self.relations[i], float(row[i])) for i in order]
+
+
+def build_space(
+    dataset: RelationDataset, types: ExampleTypes, kind: str = "kl", tau: float | None = None
+) -> RelationSpace:
+    p_h, p_t = type_distributions(dataset, types)
+    return RelationSpace(
+        dataset.relations, np.concatenate([p_h, p_t], axis=1), relation_similarity(p_h, p_t, kind, tau)
+    )
+
+
+def induced_types(
+    dataset: RelationDataset,
+    tokenizer,
+    backbone,
+    n_types: int = 32,
+    seed: int = 0,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> ExampleTypes:
+    """Types as K-means clusters of every head and tail mention, encoded alone by the pre-trained
+    encoder (mean of its word-piece states). Works for any dataset."""
+    from sklearn.cluster import KMeans
+    from tqdm import tqdm
+
+    mentions = [m for ex in dataset.train for m in (ex.head_text, ex.tail_text)]
+    unique = sorted(set(mentions))
+    vectors = []
+    backbone.eval().to(device)
+    with torch.no_grad():
+        for start in tqdm(range(0, len(unique), batch_size), desc="encoding mentions", leave=False):
+            enc = tokenizer(
+                unique[start : start + batch_size], padding=True, truncation=True, max_length=32, return_tensors="pt"
+            ).to(device)
+            states = backbone(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            inner = enc["attention_mask"].clone()
+            inner[:, 0] = 0  # leave out [CLS] and [SEP]: the mention's own word pieces only
+            inner[torch.arange(len(inner)), enc["attention_mask"].sum(1) - 1] = 0
+            inner = inner.clamp(min=0).unsqueeze(-1).float()
+            vectors.append(((states * inner).sum(1) / inner.sum(1).clamp(min=1)).float().cpu())
+    x = torch.cat(vectors).numpy()
+    labels = KMeans(n_clusters=min(n_types, len(unique)), n_init=3, random_state=seed).fit_predict(x)
+    cluster = {m: f"t{label}" for m, label in zip(unique, labels)}
+    return [([cluster[ex.head_text]], [cluster[ex.tail_text]]) for ex in dataset.train]

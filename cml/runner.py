@@ -3,6 +3,7 @@ interruption: results appended as each task finishes, a checkpoint after each ta
 the end. `--resume DIR` continues from the last finished task and gives the numbers an
 uninterrupted run would have given.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,12 +18,11 @@ import yaml
 from tqdm import tqdm
 
 from cml.config import RunConfig
-from cml.data import DEFAULT_ROOT
 from cml.encoder import RelationEncoder, frozen_states_cached, load_backbone, load_tokenizer, tokenize_cached
 from cml.engine import EncodedData, Engine
 from cml.errors import CMLInputError
-from cml.experiment import Experiment
-from cml.methods import check_methods, make_strategy
+from cml.experiment import Experiment, cache_dir
+from cml.methods import MethodContext, check_methods, make_strategy
 from cml.model import RelationModel
 
 CONFIG_FILE, RESULTS_FILE, CHECKPOINTS = "config.yaml", "results.jsonl", "checkpoints"
@@ -68,7 +68,10 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
                     saved_path,
                 )
     elif (run_dir / RESULTS_FILE).exists():
-        raise CMLInputError(f"holds a run already ({RESULTS_FILE}); continue it with --resume {run_dir} or pick another --output", run_dir)
+        raise CMLInputError(
+            f"holds a run already ({RESULTS_FILE}); continue it with --resume {run_dir} or pick another --output",
+            run_dir,
+        )
     return run_dir
 
 
@@ -84,10 +87,6 @@ def read_results(run_dir: Path) -> dict[tuple[str, int, int], dict]:
     return rows
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("CML_CACHE_DIR", DEFAULT_ROOT / "cache"))
-
-
 def build_model(config: RunConfig, tokenizer, n_relations: int) -> RelationModel:
     backbone = load_backbone(config.encoder.name, tokenizer, config.seed)
     encoder = RelationEncoder(backbone, config.encoder.freeze_layers)
@@ -96,12 +95,15 @@ def build_model(config: RunConfig, tokenizer, n_relations: int) -> RelationModel
         return RelationModel(encoder, n_relations, config.train.head)
 
 
-def encode_data(config: RunConfig, experiment: Experiment, tokenizer, model: RelationModel,
-                device: torch.device) -> EncodedData:
+def encode_data(
+    config: RunConfig, experiment: Experiment, tokenizer, model: RelationModel, device: torch.device
+) -> EncodedData:
     """Tokenise once; with frozen layers, also run them once over every sentence (both cached on disk)."""
     ds, pad_id = experiment.dataset, tokenizer.pad_token_id or 0
-    splits = [tokenize_cached(tokenizer, examples, ds.label_of, config.encoder.max_length, cache_dir())
-              for examples in (ds.train, ds.test)]
+    splits = [
+        tokenize_cached(tokenizer, examples, ds.label_of, config.encoder.max_length, cache_dir())
+        for examples in (ds.train, ds.test)
+    ]
     if model.encoder.frozen_layers > 0:
         model.to(device)
         for split in splits:
@@ -124,28 +126,43 @@ def run(config: RunConfig, experiment: Experiment, resume: bool = False, progres
     initial = copy.deepcopy(model.state_dict())
     rows = read_results(run_dir)
     methods, orders = config.train.methods, experiment.orders
+    context = MethodContext(experiment.space, config.cml, len(orders[0].tasks))
     with (run_dir / RESULTS_FILE).open("a") as log:
         for method in tqdm(methods, desc="methods", disable=not progress):
             for o, order in enumerate(tqdm(orders, desc=f"{method}: orders", leave=False, disable=not progress)):
                 model.load_state_dict(initial)
-                engine = Engine(model, data, config.train, make_strategy(method), device, progress=progress)
+                engine = Engine(model, data, config.train, make_strategy(method, context), device, progress=progress)
                 start = _restore(engine, run_dir, rows, method, o, len(order.tasks))
-                tasks = tqdm(range(start, len(order.tasks)), desc=f"{method} order {o}: tasks", leave=False,
-                             initial=start, total=len(order.tasks), disable=not progress)
+                tasks = tqdm(
+                    range(start, len(order.tasks)),
+                    desc=f"{method} order {o}: tasks",
+                    leave=False,
+                    initial=start,
+                    total=len(order.tasks),
+                    disable=not progress,
+                )
                 for k in tasks:
                     engine.seed = task_seed(config.seed, method, o, k)
                     torch.manual_seed(engine.seed)
                     began = time.perf_counter()
                     result = engine.run_task(order.tasks[k])
-                    row = {"method": method, "order": o, "task": k, "relations": order.tasks[k],
-                           **vars(result), "seconds": round(time.perf_counter() - began, 2)}
+                    row = {
+                        "method": method,
+                        "order": o,
+                        "task": k,
+                        "relations": order.tasks[k],
+                        **vars(result),
+                        "seconds": round(time.perf_counter() - began, 2),
+                    }
                     rows[(method, o, k)] = row
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     _checkpoint(engine, run_dir, method, o, k, last=k == len(order.tasks) - 1)
                     whole = sum(a * n for a, n in zip(result.task_accuracy, result.task_size)) / sum(result.task_size)
-                    tqdm.write(f"[{method}] order {o} task {k + 1}/{len(order.tasks)}: whole acc {100 * whole:.1f}, "
-                               f"current task {100 * result.task_accuracy[-1]:.1f} ({row['seconds']:.1f} s)")
+                    tqdm.write(
+                        f"[{method}] order {o} task {k + 1}/{len(order.tasks)}: whole acc {100 * whole:.1f}, "
+                        f"current task {100 * result.task_accuracy[-1]:.1f} ({row['seconds']:.1f} s)"
+                    )
     return write_report(run_dir, config, experiment, rows)
 
 

@@ -1,4 +1,5 @@
 """Cutting relations into tasks and arranging tasks into orders."""
+
 from __future__ import annotations
 
 import random
@@ -67,8 +68,6 @@ def make_orders(
     if not 1 <= n_tasks <= len(dataset.relations):
         raise CMLInputError(f"cannot cut {len(dataset.relations)} relations into {n_tasks} tasks")
     if split == "clustered":
-        if relation_vectors is None:
-            raise CMLInputError("clustered tasks need relation vectors (entity types); this dataset has none")
         groups = balanced_clusters(relation_vectors, n_tasks, STANDARD_SEED)
         tasks = [[dataset.relations[i] for i in g] for g in groups]
         orders = []

@@ -17,7 +17,9 @@ def fewrel_item(tokens, h, t, hid=None, tid=None):
 def write_fewrel(path, n_relations=3, n_per=10, bad=None, prefix="P"):
     data = {}
     for r in range(n_relations):
-        data[f"{prefix}{r}"] = [fewrel_item(["w", "x", "y", "z", str(i)], [0], [2, 3], f"Q{i}", f"Q{i + 1}") for i in range(n_per)]
+        data[f"{prefix}{r}"] = [
+            fewrel_item(["w", "x", "y", "z", str(i)], [0], [2, 3], f"Q{i}", f"Q{i + 1}") for i in range(n_per)
+        ]
     if bad:
         data["P0"][1] = bad
     path.write_text(json.dumps(data))
@@ -55,7 +57,9 @@ def test_raw_loader_keeps_wikidata_ids():
 
 def test_raw_directory_split_is_seeded(tmp_path):
     write_fewrel(tmp_path / "train_wiki.json", n_relations=2)
-    (tmp_path / "val_wiki.json").write_text(json.dumps({"P9": json.loads((tmp_path / "train_wiki.json").read_text())["P0"]}))
+    (tmp_path / "val_wiki.json").write_text(
+        json.dumps({"P9": json.loads((tmp_path / "train_wiki.json").read_text())["P0"]})
+    )
     a, b, c = (load_fewrel_dir(tmp_path, seed=s) for s in (1, 1, 2))
     assert a.counts() == (18, 6, 6) and a.relations == ["P0", "P1", "P9"]
     assert a.train == b.train and a.train != c.train
@@ -138,8 +142,17 @@ def test_download_checks_files_and_explains_offline(tmp_path):
 
 def test_tacred_protocol(tmp_path):
     def item(rel, i):
-        return {"id": f"{rel}{i}", "relation": rel, "token": ["-LRB-", "a", "b", "c", "-RRB-"], "subj_start": 1,
-                "subj_end": 1, "obj_start": 2, "obj_end": 3, "subj_type": "PERSON", "obj_type": "CITY"}
+        return {
+            "id": f"{rel}{i}",
+            "relation": rel,
+            "token": ["-LRB-", "a", "b", "c", "-RRB-"],
+            "subj_start": 1,
+            "subj_end": 1,
+            "obj_start": 2,
+            "obj_end": 3,
+            "subj_type": "PERSON",
+            "obj_type": "CITY",
+        }
 
     rows = [item("per:origin", i) for i in range(500)] + [item("no_relation", i) for i in range(9)]
     rows += [item("per:country_of_death", i) for i in range(9)] + [item("org:founded", i) for i in range(20)]

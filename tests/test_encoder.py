@@ -1,7 +1,7 @@
 import torch
 
-from cml.encoder import MARKERS, RelationEncoder, build_encoder, tokenize, tokenize_cached
 from cml.data.records import RelationExample
+from cml.encoder import MARKERS, RelationEncoder, build_encoder, tokenize, tokenize_cached
 
 
 def test_markers_are_atomic_and_positions_point_at_them(tiny, demo):

@@ -76,15 +76,24 @@ def test_same_seed_same_numbers_and_resume_matches_an_uninterrupted_run(tmp_path
     assert rows_without_time(tmp_path / "cut") == rows_without_time(tmp_path / "full")
 
 
-def test_replay_memory_holds_prototypes_of_seen_relations(tmp_path, tiny, demo):
+def make_engine(config: RunConfig, method: str):
+    """An engine over the small config's data, and the experiment behind it."""
+    from cml.encoder import load_tokenizer
+    from cml.methods import MethodContext, make_strategy
     from cml.runner import build_model, encode_data
-    from cml.methods import make_strategy
 
-    config = small_config(tmp_path)
     experiment = build_experiment(config)
-    model = build_model(config, tiny[0], len(experiment.dataset.relations))
-    data = encode_data(config, experiment, tiny[0], model, torch.device("cpu"))
-    engine = Engine(model, data, config.train, make_strategy("replay"), torch.device("cpu"), progress=False)
+    tokenizer = load_tokenizer(config.encoder.name)
+    model = build_model(config, tokenizer, len(experiment.dataset.relations))
+    data = encode_data(config, experiment, tokenizer, model, torch.device("cpu"))
+    context = MethodContext(experiment.space, config.cml, len(experiment.orders[0].tasks))
+    strategy = make_strategy(method, context)
+    return Engine(model, data, config.train, strategy, torch.device("cpu"), progress=False), experiment
+
+
+def test_replay_memory_holds_prototypes_of_seen_relations(tmp_path):
+    engine, experiment = make_engine(small_config(tmp_path), "replay")
+    data = engine.data
     tasks = experiment.orders[0].tasks
     engine.run_task(tasks[0])
     engine.run_task(tasks[1])

@@ -24,7 +24,7 @@ def test_prototypes_match_a_brute_force_nearest_to_centroid_search():
         picked = select_prototypes(features, 6, seed)
         assert picked.tolist() == brute_force(features, 6, seed)
         # well separated clusters: one prototype from each
-        assert sorted(set(p // 20 for p in picked)) == list(range(6))
+        assert sorted({p // 20 for p in picked}) == list(range(6))
 
 
 def test_small_relations_keep_everything_and_selection_is_seeded():

@@ -1,4 +1,5 @@
 """Metrics against matrices worked out by hand (numbers in the comments)."""
+
 import math
 
 import pytest
@@ -8,10 +9,13 @@ from cml import metrics
 
 nan = math.nan
 # order 0: n = 10, 20, 10; order 1: n = 10, 10, 20
-ACC = torch.tensor([
-    [[0.9, nan, nan], [0.6, 0.8, nan], [0.5, 0.7, 0.9]],
-    [[0.8, nan, nan], [0.9, 0.6, nan], [0.7, 0.5, 1.0]],
-], dtype=torch.float64)
+ACC = torch.tensor(
+    [
+        [[0.9, nan, nan], [0.6, 0.8, nan], [0.5, 0.7, 0.9]],
+        [[0.8, nan, nan], [0.9, 0.6, nan], [0.7, 0.5, 1.0]],
+    ],
+    dtype=torch.float64,
+)
 N = torch.tensor([[10, 20, 10], [10, 10, 20]])
 
 
@@ -56,4 +60,18 @@ def test_error_bound_over_orders():
 def test_order_sensitivity():
     final = torch.tensor([[0.5, 0.7, 0.9], [0.6, 0.7, 1.0]], dtype=torch.float64)
     os_j = metrics.order_sensitivity(final)
-    torch.testing.assert_close(os_j, torch.tensor([0.0707107, 0.0, 0.0707107], dtype=torch.float64), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        os_j, torch.tensor([0.0707107, 0.0, 0.0707107], dtype=torch.float64), rtol=1e-5, atol=1e-7
+    )
+
+
+def test_difficulty_based_metrics_by_hand():
+    # OS_d = (1 * .1 + 1 * .2 + 2 * .3) / (1 + 1 + 2) = .225
+    os_d = metrics.difficulty_weighted_os(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([1.0, 1.0, 2.0]))
+    assert os_d == pytest.approx(0.225)
+    # Kendall of position and difficulty: sorted +1, reversed -1; [.2, .1, .3]: pairs (0,1) discordant,
+    # (0,2) and (1,2) concordant -> (2 - 1) / 3
+    d = torch.tensor([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1], [0.2, 0.1, 0.3]])
+    torch.testing.assert_close(metrics.curriculumness(d), torch.tensor([1.0, -1.0, 1 / 3], dtype=torch.float64))
+    # Spearman without ties: 1 - 6 sum d^2 / (n (n^2 - 1)) = 1 - 6 * 2 / 60 = .8
+    assert metrics.spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)

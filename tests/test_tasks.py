@@ -1,7 +1,7 @@
 import random
 
 from cml.data import load_dataset
-from cml.relations import type_vectors
+from cml.relations import build_space, dataset_types
 from cml.tasks import make_orders
 from tests.conftest import shared
 
@@ -25,7 +25,7 @@ def test_dataset_orders_come_first_then_seeded_ones():
 
 
 def test_clustered_tasks_group_relations_by_type_signature(demo):
-    orders = make_orders(demo, 2, 5, split="clustered", relation_vectors=type_vectors(demo))
+    orders = make_orders(demo, 2, 5, split="clustered", relation_vectors=build_space(demo, dataset_types(demo)).vectors)
     signature = {ex.relation: (ex.head_type, ex.tail_type) for ex in demo.train}
     tasks = orders[0].tasks
     assert sorted(map(sorted, tasks)) == sorted(map(sorted, orders[1].tasks))

@@ -1,4 +1,5 @@
 """Datasets by name: `demo`, `fewrel`, `tacred`, or a path to any file or directory in FewRel format."""
+
 from __future__ import annotations
 
 import os
@@ -45,4 +46,6 @@ def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -
         return load_fewrel_file(path, seed)
     if path.is_dir():
         return load_fewrel_dir(path, seed, name=path.name)
-    raise CMLInputError(f"unknown dataset {name!r}: use one of {', '.join(NAMED)} or a path to a FewRel-format file or directory")
+    raise CMLInputError(
+        f"unknown dataset {name!r}: use one of {', '.join(NAMED)} or a path to a FewRel-format file or directory"
+    )

@@ -4,6 +4,7 @@ FewRel JSON is `{relation: [{"tokens": [...], "h": [mention, entity_id, [[positi
 A mention may occur several times; the first occurrence is the marked one (as in FewRel's own
 tooling).
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Reading JSON input files with errors that name the file and the problem."""
+
 from __future__ import annotations
 
 import json

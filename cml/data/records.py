@@ -1,4 +1,5 @@
 """The relation example and the dataset that holds the train/val/test splits."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ class RelationDataset:
     def counts(self) -> tuple[int, int, int]:
         return len(self.train), len(self.val), len(self.test)
 
-    def cap_train(self, max_per_relation: int | None) -> "RelationDataset":
+    def cap_train(self, max_per_relation: int | None) -> RelationDataset:
         """Keep at most `max_per_relation` training examples per relation (the first ones)."""
         if max_per_relation is None:
             return self

@@ -5,6 +5,7 @@ and `per:country_of_death` (40 relations remain); per relation, in file order ov
 train + dev + test, the first min(n // 5, 41) examples are test and up to 320 of the rest are
 train; there is no validation split.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,7 +58,9 @@ def load_tacred_dir(directory: str | Path) -> RelationDataset:
     for relation, examples in per_relation.items():
         n_test = min(len(examples) // 5, MAX_TEST)
         if n_test < 1:
-            raise CMLInputError(f"relation {relation} has {len(examples)} examples, too few for a test split", directory)
+            raise CMLInputError(
+                f"relation {relation} has {len(examples)} examples, too few for a test split", directory
+            )
         test += examples[:n_test]
         train += examples[n_test : n_test + MAX_TRAIN]
     relations = sorted(per_relation)
