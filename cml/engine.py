@@ -53,6 +53,11 @@ class TaskResult:
     task_size: list[int]  # n_j
     relation_accuracy: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def whole_accuracy(self) -> float:
+        """W_k: accuracy over every test example seen so far."""
+        return sum(a * n for a, n in zip(self.task_accuracy, self.task_size)) / sum(self.task_size)
+
 
 class Strategy:
     """A method: the default hooks train on the current task's data alone (finetune)."""
@@ -152,8 +157,8 @@ class Engine:
         for chunk in by_length.split(self.config.eval_batch_size):
             with self.autocast():
                 outs.append(fn(self.to_device(split.batch(indices[chunk], self.data.pad_id))).float().cpu())
-        result = torch.empty(len(indices), *outs[0].shape[1:]) if outs else torch.empty(0)
-        result[by_length] = torch.cat(outs) if outs else result
+        result = torch.cat(outs)
+        result[by_length] = result.clone()  # back to the order of `indices`
         return result
 
     def features(self, indices: torch.Tensor) -> np.ndarray:
@@ -178,10 +183,17 @@ class Engine:
         return TaskResult(task_acc, task_size, per_relation)
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "memory": self.memory.state_dict(), "tasks": self.tasks}
+        """What a checkpoint needs: the weights that train (frozen ones never change), memory, tasks."""
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        weights = {n: t for n, t in self.model.state_dict().items() if n in trainable}
+        return {"model": weights, "memory": self.memory.state_dict(), "tasks": self.tasks}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        """Restore onto a model holding the run's initial weights."""
+        missing = set(state["model"]) - set(self.model.state_dict())
+        if missing:
+            raise KeyError(f"checkpoint holds weights the model lacks: {sorted(missing)[:3]}")
+        self.model.load_state_dict(state["model"], strict=False)
         self.memory.load_state_dict(state["memory"])
         self.tasks = [list(t) for t in state["tasks"]]
         self.seen.zero_()

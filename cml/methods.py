@@ -106,14 +106,20 @@ class CML(Replay):
         )
 
     def after_training(self, engine: Engine) -> None:
+        """theta <- theta_before + eps_k (theta_after - theta_before), except the classifier rows of
+        the relations that arrived with this task: like the first task, they have nothing to protect."""
         if self.start is None:
             return
         opts = self.context.options
         eps = META_SCHEDULES[opts.meta_schedule](opts.meta_eps, len(engine.tasks) - 1, self.context.n_tasks)
+        new_rows = [engine.data.label_of[r] for r in engine.current]
         with torch.no_grad():
             for n, p in engine.model.named_parameters():
                 if n in self.start:
-                    p.copy_(self.start[n].lerp_(p, eps))  # theta_before + eps (theta_after - theta_before)
+                    mixed = self.start[n].lerp_(p, eps)
+                    if n.startswith("classifier."):
+                        mixed[new_rows] = p[new_rows]
+                    p.copy_(mixed)
         self.start = None
 
 

@@ -158,9 +158,9 @@ def run(config: RunConfig, experiment: Experiment, resume: bool = False, progres
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     _checkpoint(engine, run_dir, method, o, k, last=k == len(order.tasks) - 1)
-                    whole = sum(a * n for a, n in zip(result.task_accuracy, result.task_size)) / sum(result.task_size)
                     tqdm.write(
-                        f"[{method}] order {o} task {k + 1}/{len(order.tasks)}: whole acc {100 * whole:.1f}, "
+                        f"[{method}] order {o} task {k + 1}/{len(order.tasks)}: "
+                        f"whole acc {100 * result.whole_accuracy:.1f}, "
                         f"current task {100 * result.task_accuracy[-1]:.1f} ({row['seconds']:.1f} s)"
                     )
     return write_report(run_dir, config, experiment, rows)

@@ -16,14 +16,25 @@ def context(**options):
     return MethodContext(space, CMLConfig(**options), n_tasks=5)
 
 
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(3, 3)
+        self.classifier = nn.Linear(3, 4)  # one row per relation a, b, c, d
+        self.frozen = nn.Parameter(torch.ones(2), requires_grad=False)
+
+
+def toy_engine(tasks):
+    data = types.SimpleNamespace(label_of={"a": 0, "b": 1, "c": 2, "d": 3})
+    return types.SimpleNamespace(model=Toy(), tasks=tasks, current=tasks[-1], data=data)
+
+
 @pytest.mark.parametrize(
     "schedule, eps", [("fixed", 0.5), ("linear", 0.5 * (1 - 2 / 5)), ("sqrt", 0.5 * (1 - 2 / 5) ** 0.5)]
 )
 def test_reptile_step_interpolates_from_the_task_start(schedule, eps):
-    model = nn.Linear(3, 2)
-    frozen = nn.Parameter(torch.ones(2), requires_grad=False)
-    model.register_parameter("frozen", frozen)
-    engine = types.SimpleNamespace(model=model, tasks=[["a"], ["b"], ["c"]])  # third task: k = 2
+    engine = toy_engine([["a"], ["b"], ["c", "d"]])  # third task: k = 2; rows 2 and 3 are new
+    model = engine.model
     strategy = CML(context(meta_eps=0.5, meta_schedule=schedule))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     strategy.before_task(engine)
@@ -33,20 +44,21 @@ def test_reptile_step_interpolates_from_the_task_start(schedule, eps):
     after = {n: p.detach().clone() for n, p in model.named_parameters()}
     strategy.after_training(engine)
     for n, p in model.named_parameters():
-        expected = before[n] + eps * (after[n] - before[n]) if n != "frozen" else after[n]
+        expected = after[n] if n == "frozen" else before[n] + eps * (after[n] - before[n])
+        if n.startswith("classifier."):
+            expected[2:] = after[n][2:]  # the new relations' rows keep what training gave them
         torch.testing.assert_close(p.detach(), expected)
 
 
 def test_no_meta_step_on_the_first_task():
-    model = nn.Linear(3, 2)
-    engine = types.SimpleNamespace(model=model, tasks=[["a"]])
+    engine = toy_engine([["a"]])
     strategy = CML(context())
     strategy.before_task(engine)
     with torch.no_grad():
-        model.weight.add_(1.0)
-    trained = model.weight.detach().clone()
+        engine.model.body.weight.add_(1.0)
+    trained = engine.model.body.weight.detach().clone()
     strategy.after_training(engine)
-    torch.testing.assert_close(model.weight.detach(), trained)
+    torch.testing.assert_close(engine.model.body.weight.detach(), trained)
 
 
 def test_memory_is_replayed_from_easy_to_hard(tmp_path):
