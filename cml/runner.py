@@ -111,6 +111,14 @@ def encode_data(
     return EncodedData(*splits, ds.relations, pad_id)
 
 
+def build_learner(config: RunConfig, experiment: Experiment, device: torch.device):
+    """The model at its initial weights, the encoded data, and what methods need: shared by all runs."""
+    tokenizer = load_tokenizer(config.encoder.name)
+    model = build_model(config, tokenizer, len(experiment.dataset.relations))
+    data = encode_data(config, experiment, tokenizer, model, device)
+    return model, data, MethodContext(experiment.space, config.cml, len(experiment.orders[0].tasks))
+
+
 def run(config: RunConfig, experiment: Experiment, resume: bool = False, progress: bool = True) -> dict:
     """Run every method on every order; returns the report (also written to the run directory)."""
     from cml.report import write_report
@@ -120,13 +128,10 @@ def run(config: RunConfig, experiment: Experiment, resume: bool = False, progres
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
     device = resolve_device(config.device)
-    tokenizer = load_tokenizer(config.encoder.name)
-    model = build_model(config, tokenizer, len(experiment.dataset.relations))
-    data = encode_data(config, experiment, tokenizer, model, device)
+    model, data, context = build_learner(config, experiment, device)
     initial = copy.deepcopy(model.state_dict())
     rows = read_results(run_dir)
     methods, orders = config.train.methods, experiment.orders
-    context = MethodContext(experiment.space, config.cml, len(orders[0].tasks))
     with (run_dir / RESULTS_FILE).open("a") as log:
         for method in tqdm(methods, desc="methods", disable=not progress):
             for o, order in enumerate(tqdm(orders, desc=f"{method}: orders", leave=False, disable=not progress)):

@@ -78,15 +78,11 @@ def test_same_seed_same_numbers_and_resume_matches_an_uninterrupted_run(tmp_path
 
 def make_engine(config: RunConfig, method: str):
     """An engine over the small config's data, and the experiment behind it."""
-    from cml.encoder import load_tokenizer
-    from cml.methods import MethodContext, make_strategy
-    from cml.runner import build_model, encode_data
+    from cml.methods import make_strategy
+    from cml.runner import build_learner
 
     experiment = build_experiment(config)
-    tokenizer = load_tokenizer(config.encoder.name)
-    model = build_model(config, tokenizer, len(experiment.dataset.relations))
-    data = encode_data(config, experiment, tokenizer, model, torch.device("cpu"))
-    context = MethodContext(experiment.space, config.cml, len(experiment.orders[0].tasks))
+    model, data, context = build_learner(config, experiment, torch.device("cpu"))
     strategy = make_strategy(method, context)
     return Engine(model, data, config.train, strategy, torch.device("cpu"), progress=False), experiment
 
