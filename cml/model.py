@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cml.config import CHOICES
 from cml.encoder import RelationEncoder
 from cml.errors import CMLInputError
-
-HEADS = ("linear", "mlp")
 
 
 def make_head(kind: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -21,7 +20,7 @@ def make_head(kind: str, in_dim: int, out_dim: int) -> nn.Module:
         return nn.Linear(in_dim, out_dim)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Dropout(0.1), nn.Linear(out_dim, out_dim))
-    raise CMLInputError(f"unknown head {kind!r}: use one of {', '.join(HEADS)}")
+    raise CMLInputError(f"unknown head {kind!r}: use one of {', '.join(CHOICES['head'])}")
 
 
 class RelationModel(nn.Module):
