@@ -10,6 +10,7 @@ encodings; cached under data/cache).
 import argparse
 import json
 import time
+from pathlib import Path
 
 from _machine import header
 
@@ -31,11 +32,11 @@ config = RunConfig()
 config.data.dataset, config.data.data_dir = a.dataset, a.data_dir
 config.cml.types, config.cml.similarity = a.types, a.similarity
 dataset = load_dataset(a.dataset, a.data_dir)
-names = {k: v[0] for k, v in json.load(open(a.names)).items()} if a.names else dataset.relation_names
+names = {k: v[0] for k, v in json.loads(Path(a.names).read_text()).items()} if a.names else dataset.relation_names
 start = time.perf_counter()
 space, source = relation_space(config, dataset)
 print(f"types: {source} ({time.perf_counter() - start:.0f} s)")
-label = lambda r: f"{r} {names.get(r, '')}".strip()  # noqa: E731
+label = lambda r: f"{r} {names.get(r, '')}".strip()
 print(f"| relation | {' | '.join(f'#{i + 1}' for i in range(a.k))} |")
 print("|---" * (a.k + 1) + "|")
 for relation in a.relations:

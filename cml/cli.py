@@ -34,6 +34,11 @@ FLAGS = {
     "direction": ("cml", "direction"),
     "meta_eps": ("cml", "meta_eps"),
     "meta_schedule": ("cml", "meta_schedule"),
+    "nas_method": ("search", "method"),
+    "relaxation": ("search", "relaxation"),
+    "search_task": ("search", "task"),
+    "search_steps": ("search", "steps"),
+    "skip_limit": ("search", "skip_limit"),
     "output": ("", "output"),
     "seed": ("", "seed"),
     "device": ("", "device"),
@@ -61,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--memory-size", type=int, help="memory examples per relation (default 10)")
-    p.add_argument("--head", choices=CHOICES["head"])
+    p.add_argument("--head", help="linear (default), mlp, or a genotype.json written by --search-head")
     p.add_argument(
         "--curriculum-order",
         action="store_true",
@@ -76,6 +81,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", choices=CHOICES["direction"], help="curriculum direction")
     p.add_argument("--meta-eps", type=float, help="Reptile step size (default 0.5)")
     p.add_argument("--meta-schedule", choices=CHOICES["meta_schedule"], help="Reptile step-size schedule")
+    p.add_argument(
+        "--search-head",
+        action="store_true",
+        help="search the head cell (DARTS) on one task's frozen features; writes genotype.json and a search report",
+    )
+    p.add_argument(
+        "--nas-method", choices=CHOICES["nas_method"], help="hypergradient of the head search (default darts2)"
+    )
+    p.add_argument(
+        "--relaxation", choices=CHOICES["relaxation"], help="relaxation of the head search (default softmax)"
+    )
+    p.add_argument("--search-task", type=int, help="which task of order 0 the head search uses (default 0)")
+    p.add_argument("--search-steps", type=int, help="architecture steps of the head search (default 300)")
+    p.add_argument("--skip-limit", type=int, help="stop the head search once the cell keeps this many skip edges")
     p.add_argument("--output", help="run directory (default runs/latest)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=CHOICES["device"])
@@ -106,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         from cml.runner import prepare_run_dir, run
 
         config = config_from_args(args)
+        if args.search_head:
+            return search_head(config)
         if not args.plan_only:
             prepare_run_dir(config, resume=bool(args.resume))  # fail before any data is loaded
         experiment = build_experiment(config)
@@ -120,6 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     except CMLInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def search_head(config: RunConfig) -> int:
+    from cml.experiment import build_experiment
+    from cml.nas.run import run_search
+    from cml.runner import resolve_device
+
+    report = run_search(config, build_experiment(config), resolve_device(config.device))
+    out = Path(config.output)
+    print(f"genotype: {out / 'genotype.json'} ({report['search_seconds']} s of search)")
+    for name, head in report["heads"].items():
+        print(f"  {name}: test accuracy {100 * head['test_accuracy']:.1f} ({head['parameters']:,} parameters)")
+    print(f"report: {out / 'search.md'}")
     return 0
 
 

@@ -43,7 +43,7 @@ class TrainConfig:
     lr: float = 5e-5
     head_lr: float = 1e-3
     memory_size: int = 10  # examples kept per relation
-    head: str = "linear"  # linear or mlp
+    head: str = "linear"  # linear, mlp, or a genotype.json written by the head search
 
 
 @dataclass
@@ -62,31 +62,60 @@ class CMLConfig:
 
 
 @dataclass
+class SearchConfig:
+    """DARTS search of the head cell (METHOD.md section 6), on frozen encoder features of one task."""
+
+    method: str = "darts2"  # darts1 (first order), darts2 (second order) or idarts (implicit)
+    relaxation: str = "softmax"  # softmax, gumbel or sparse
+    task: int = 0  # which task of order 0 to search on
+    nodes: int = 4  # intermediate nodes of the cell
+    width: int = 128  # width of every node
+    steps: int = 300
+    batch_size: int = 64
+    w_lr: float = 0.05  # SGD (momentum 0.9) on the supernet weights; also the virtual step xi
+    alpha_lr: float = 3e-3  # Adam on the architecture parameters
+    neumann_terms: int = 5  # K of the implicit estimator
+    neumann_gamma: float = 0.01  # below 1 / largest Hessian eigenvalue
+    tau0: float = 1.0  # start temperature of gumbel and sparse
+    tau_min: float = 0.05  # end temperature
+    skip_limit: int | None = None  # stop early once the discretised cell keeps this many skip edges
+    eval_every: int = 20  # steps between validation checks
+    head_epochs: int = 30  # epochs of the from-scratch training that compares the heads
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cml: CMLConfig = field(default_factory=CMLConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     output: str = "runs/latest"
     seed: int = 2021
     device: str = "auto"  # auto, cpu or cuda
 
-    def check(self, source: str = "config") -> "RunConfig":
+    def check(self, source: str = "config") -> RunConfig:
         """Every option with a fixed set of values, checked before anything runs."""
         for where, value, allowed in (
             ("data.task_split", self.data.task_split, CHOICES["task_split"]),
-            ("train.head", self.train.head, CHOICES["head"]),
             ("device", self.device, CHOICES["device"]),
             ("cml.similarity", self.cml.similarity, CHOICES["similarity"]),
             ("cml.pacing", self.cml.pacing, CHOICES["pacing"]),
             ("cml.direction", self.cml.direction, CHOICES["direction"]),
             ("cml.meta_schedule", self.cml.meta_schedule, CHOICES["meta_schedule"]),
+            ("search.method", self.search.method, CHOICES["nas_method"]),
+            ("search.relaxation", self.search.relaxation, CHOICES["relaxation"]),
         ):
             if value not in allowed:
                 raise CMLInputError(f"{where} is {value!r}; use one of {', '.join(allowed)}", source)
         if self.cml.types not in ("auto", "dataset", "induced") and not Path(self.cml.types).is_file():
             raise CMLInputError(
                 f"cml.types is {self.cml.types!r}: not auto, dataset, induced, or an existing type map file", source
+            )
+        if self.train.head not in CHOICES["head"] and not self.train.head.endswith(".json"):
+            raise CMLInputError(
+                f"train.head is {self.train.head!r}; use one of {', '.join(CHOICES['head'])} or a genotype .json file",
+                source,
             )
         return self
 
@@ -106,8 +135,16 @@ CHOICES = {
     "pacing": ("linear", "root", "step"),
     "direction": ("easy_first", "hard_first"),
     "meta_schedule": ("fixed", "linear", "sqrt"),
+    "nas_method": ("darts1", "darts2", "idarts"),
+    "relaxation": ("softmax", "gumbel", "sparse"),
 }
-SECTIONS = {"data": DataConfig, "encoder": EncoderConfig, "train": TrainConfig, "cml": CMLConfig}
+SECTIONS = {
+    "data": DataConfig,
+    "encoder": EncoderConfig,
+    "train": TrainConfig,
+    "cml": CMLConfig,
+    "search": SearchConfig,
+}
 
 
 def _build(cls, values: Any, source: str, prefix: str = ""):

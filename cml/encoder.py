@@ -109,6 +109,14 @@ class EncodedSplit:
             "labels": self.labels[index],
         }
 
+    def map(self, indices: torch.Tensor, fn, batch_size: int, pad_id: int = 0) -> torch.Tensor:
+        """`fn(batch)` over the examples `indices`, in batches of similar length (little padding);
+        the rows of the result follow `indices`."""
+        by_length = torch.argsort(self.lengths[indices], stable=True)
+        result = torch.cat([fn(self.batch(indices[chunk], pad_id)) for chunk in by_length.split(batch_size)])
+        result[by_length] = result.clone()
+        return result
+
 
 def _marked_words(ex: RelationExample) -> list[str]:
     (hs, he), (ts, te) = ex.head, ex.tail

@@ -150,16 +150,14 @@ class Engine:
 
     @torch.no_grad()
     def _apply(self, split: EncodedSplit, indices: torch.Tensor, fn) -> torch.Tensor:
-        """`fn` over the examples `indices`, in batches of similar length; rows follow `indices`."""
+        """`fn` over the examples `indices` in eval mode; rows follow `indices`."""
         self.model.eval()
-        by_length = torch.argsort(split.lengths[indices], stable=True)
-        outs = []
-        for chunk in by_length.split(self.config.eval_batch_size):
+
+        def on_device(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             with self.autocast():
-                outs.append(fn(self.to_device(split.batch(indices[chunk], self.data.pad_id))).float().cpu())
-        result = torch.cat(outs)
-        result[by_length] = result.clone()  # back to the order of `indices`
-        return result
+                return fn(self.to_device(batch)).float().cpu()
+
+        return split.map(indices, on_device, self.config.eval_batch_size, self.data.pad_id)
 
     def features(self, indices: torch.Tensor) -> np.ndarray:
         """Relation representations of training examples, in the order of `indices`."""

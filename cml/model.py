@@ -10,26 +10,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cml.config import CHOICES
 from cml.encoder import RelationEncoder
-from cml.errors import CMLInputError
 
 
-def make_head(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+def make_head(kind: str, in_dim: int, width: int) -> nn.Module:
+    """The head on the entity states: `linear`, `mlp`, or the cell of a genotype file from the
+    head search. Every head says its output size in `out_dim`."""
     if kind == "linear":
-        return nn.Linear(in_dim, out_dim)
-    if kind == "mlp":
-        return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Dropout(0.1), nn.Linear(out_dim, out_dim))
-    raise CMLInputError(f"unknown head {kind!r}: use one of {', '.join(CHOICES['head'])}")
+        head = nn.Linear(in_dim, width)
+    elif kind == "mlp":
+        head = nn.Sequential(nn.Linear(in_dim, width), nn.GELU(), nn.Dropout(0.1), nn.Linear(width, width))
+    else:
+        from cml.nas.cell import DiscreteCell
+        from cml.nas.genotype import Genotype
+
+        return DiscreteCell(Genotype.load(kind), in_dim)
+    head.out_dim = width
+    return head
 
 
 class RelationModel(nn.Module):
     def __init__(self, encoder: RelationEncoder, n_relations: int, head: str = "linear"):
         super().__init__()
         self.encoder = encoder
-        width = encoder.backbone.config.hidden_size
-        self.head = make_head(head, encoder.out_dim, width)
-        self.classifier = nn.Linear(width, n_relations)
+        self.head = make_head(head, encoder.out_dim, encoder.backbone.config.hidden_size)
+        self.classifier = nn.Linear(self.head.out_dim, n_relations)
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The relation representation the memory is selected on."""

@@ -59,7 +59,7 @@ def method_report(rows: dict, method: str, experiment: Experiment) -> dict:
     difficulty = torch.tensor([experiment.difficulties(o) for o in experiment.orders], dtype=torch.float64)
     forgetting = metrics.forgetting(acc) if K > 1 else torch.zeros(O, 0, dtype=torch.float64)
     tau = metrics.curriculumness(difficulty) if K > 1 else torch.zeros(O, dtype=torch.float64)
-    sp = lambda v: dataclasses.asdict(metrics.spread(v))  # noqa: E731
+    sp = lambda v: dataclasses.asdict(metrics.spread(v))
     return {
         "accuracy_matrices": [[[None if math.isnan(x) else x for x in r] for r in m] for m in acc.tolist()],
         "task_sizes": n.tolist(),
@@ -138,7 +138,7 @@ def markdown(report: dict) -> str:
         "| method | OS | OS_d | rho_f | rho_o | tau_o per order |",
         "|---|---|---|---|---|---|",
     ]
-    fmt = lambda x: "-" if x is None or math.isnan(x) else f"{x:.2f}"  # noqa: E731
+    fmt = lambda x: "-" if x is None or math.isnan(x) else f"{x:.2f}"
     for name, m in report["methods"].items():
         o = m["order_sensitivity"]
         taus = ", ".join(f"{t:+.2f}" for t in m["order_curriculumness"])
@@ -150,17 +150,19 @@ def markdown(report: dict) -> str:
         "",
         "## Definitions",
         "",
-        "a[k][j]: accuracy on the task at position j after training task k. "
-        "W_k: accuracy on all seen relations' test examples after task k. A_k: mean of the per-task accuracies. "
-        "F: mean over tasks j < K of max_{l<K} a[l][j] − a[K][j]. AFR: mean of (a[j][j] − a[K][j]) / a[j][j]. "
-        "BWT: mean of a[K][j] − a[j][j]. OS: mean over units of the std over orders of the unit's final accuracy; "
-        "the unit is the task when every order holds the same tasks, otherwise the relation. "
-        "Task difficulty d(T_i): mean over the other tasks T_j of the mean type-distribution similarity between "
-        "their relations (higher = more confusable); a relation's difficulty d(r | R) is its mean similarity to the "
-        "other relations. OS_d: OS weighted by the units' difficulty, sum d_j OS_j / sum d_j. "
-        "rho_f: Spearman correlation of task difficulty and forgetting f_j, pooled over orders. "
-        "tau_o: Kendall correlation of task position and difficulty within order o (+1 = easy to hard). "
-        "rho_o: Spearman correlation across orders of tau_o and the final W_K.",
+        (
+            "a[k][j]: accuracy on the task at position j after training task k. "
+            "W_k: accuracy on all seen relations' test examples after task k. A_k: mean of the per-task accuracies. "
+            "F: mean over tasks j < K of max_{l<K} a[l][j] − a[K][j]. AFR: mean of (a[j][j] − a[K][j]) / a[j][j]. "
+            "BWT: mean of a[K][j] − a[j][j]. OS: mean over units of the std over orders of the unit's final accuracy; "
+            "the unit is the task when every order holds the same tasks, otherwise the relation. "
+            "Task difficulty d(T_i): mean over the other tasks T_j of the mean type-distribution similarity between "
+            "their relations (higher = more confusable); a relation's difficulty d(r | R) is its mean similarity to the "
+            "other relations. OS_d: OS weighted by the units' difficulty, sum d_j OS_j / sum d_j. "
+            "rho_f: Spearman correlation of task difficulty and forgetting f_j, pooled over orders. "
+            "tau_o: Kendall correlation of task position and difficulty within order o (+1 = easy to hard). "
+            "rho_o: Spearman correlation across orders of tau_o and the final W_K."
+        ),
         "",
         "![accuracy by stage](accuracy_by_stage.png)",
         "",

@@ -7,13 +7,13 @@ from hypothesis import strategies as st
 from cml.curriculum import CurriculumScheduler
 
 difficulties = st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=60)
-options = dict(
-    batch_size=st.integers(1, 16),
-    pacing=st.sampled_from(["linear", "root", "step"]),
-    start_fraction=st.floats(0.05, 1.0),
-    direction=st.sampled_from(["easy_first", "hard_first"]),
-    seed=st.integers(0, 1000),
-)
+options = {
+    "batch_size": st.integers(1, 16),
+    "pacing": st.sampled_from(["linear", "root", "step"]),
+    "start_fraction": st.floats(0.05, 1.0),
+    "direction": st.sampled_from(["easy_first", "hard_first"]),
+    "seed": st.integers(0, 1000),
+}
 
 
 @settings(max_examples=200, deadline=None)

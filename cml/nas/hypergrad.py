@@ -1,0 +1,90 @@
+"""Hypergradient estimators of the bilevel problem
+`min_alpha L_val(w*(alpha), alpha)`, `w*(alpha) = argmin_w L_train(w, alpha)` (METHOD.md section 6).
+
+All share one interface: `estimator(train_loss, val_loss, w, alpha) -> d L_val / d alpha`, where
+the losses are pure functions `(w: dict of tensors, alpha: tensor) -> scalar`. They know nothing of
+cells or data, so the same code is checked against closed-form problems in the tests and used on
+the supernet in the search. Derivatives come from `torch.func` (no model copies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.func import grad, vjp
+
+from cml.config import CHOICES
+
+Params = dict[str, torch.Tensor]
+Loss = Callable[[Params, torch.Tensor], torch.Tensor]
+Hypergradient = Callable[[Loss, Loss, Params, torch.Tensor], torch.Tensor]
+
+
+def _combine(a: Params, b: Params, scale: float) -> Params:
+    return {k: a[k] + scale * b[k] for k in a}
+
+
+def _dot(a: Params, b: Params) -> torch.Tensor:
+    return sum((a[k] * b[k]).sum() for k in a)
+
+
+def first_order(train_loss: Loss, val_loss: Loss, w: Params, alpha: torch.Tensor) -> torch.Tensor:
+    """grad_alpha L_val(w, alpha): treats w as independent of alpha (DARTS first order)."""
+    return grad(val_loss, argnums=1)(w, alpha)
+
+
+@dataclass
+class SecondOrder:
+    """DARTS second order: the gradient through one virtual step w' = w - xi grad_w L_train, with
+    the Hessian-vector product replaced by a central finite difference of grad_alpha L_train."""
+
+    xi: float
+
+    def __call__(self, train_loss: Loss, val_loss: Loss, w: Params, alpha: torch.Tensor) -> torch.Tensor:
+        w_virtual = _combine(w, grad(train_loss)(w, alpha), -self.xi)
+        v, g_alpha = grad(val_loss, argnums=(0, 1))(w_virtual, alpha)
+        eps = 0.01 / float(torch.sqrt(_dot(v, v)).clamp_min(1e-12))
+        g_plus = grad(train_loss, argnums=1)(_combine(w, v, eps), alpha)
+        g_minus = grad(train_loss, argnums=1)(_combine(w, v, -eps), alpha)
+        return g_alpha - self.xi * (g_plus - g_minus) / (2 * eps)
+
+
+@dataclass
+class Implicit:
+    """iDARTS: the implicit-function-theorem hypergradient at w (taken as the inner solution),
+    grad_alpha L_val - grad2_{alpha w} L_train H^-1 grad_w L_val, with H^-1 v approximated by the
+    Neumann series gamma sum_{k=0..K} (I - gamma H)^k v over exact Hessian-vector products.
+    gamma must stay below 1 / (largest eigenvalue of H).
+
+    H is symmetric, so a Hessian-vector product is a vector-Jacobian product of grad_w L_train:
+    it is linearised once per call and each of the K products is then one backward pass (3-4x
+    faster on a CPU than forward-over-reverse `jvp`)."""
+
+    terms: int = 5
+    gamma: float = 0.01
+
+    def inverse_hvp(self, train_loss: Loss, w: Params, alpha: torch.Tensor, v: Params) -> Params:
+        _, hvp = vjp(lambda w_: grad(train_loss)(w_, alpha), w)
+        term, total = v, v
+        for _ in range(self.terms):
+            term = _combine(term, hvp(term)[0], -self.gamma)
+            total = _combine(total, term, 1.0)
+        return {k: self.gamma * t for k, t in total.items()}
+
+    def __call__(self, train_loss: Loss, val_loss: Loss, w: Params, alpha: torch.Tensor) -> torch.Tensor:
+        v, g_alpha = grad(val_loss, argnums=(0, 1))(w, alpha)
+        p = self.inverse_hvp(train_loss, w, alpha, v)
+        mixed = grad(lambda a: _dot(grad(train_loss)(w, a), p))(alpha)
+        return g_alpha - mixed
+
+
+def make_estimator(method: str, xi: float, terms: int, gamma: float) -> Hypergradient:
+    if method == "darts1":
+        return first_order
+    if method == "darts2":
+        return SecondOrder(xi)
+    if method == "idarts":
+        return Implicit(terms, gamma)
+    raise ValueError(f"unknown NAS method {method!r}: use one of {', '.join(CHOICES['nas_method'])}")

@@ -1,0 +1,135 @@
+"""`run_cml.py --search-head`: features of one task -> DARTS search -> genotype.json -> the searched
+cell against the linear and MLP heads on that task -> search report (JSON, Markdown, plots)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from cml.config import RunConfig
+from cml.errors import CMLInputError
+from cml.experiment import Experiment
+from cml.model import make_head
+from cml.nas.cell import DiscreteCell
+from cml.nas.search import SearchResult, search, task_features, train_head
+
+GENOTYPE_FILE, REPORT_FILE = "genotype.json", "search.json"
+
+
+def run_search(config: RunConfig, experiment: Experiment, device: torch.device, progress: bool = True) -> dict:
+    run_dir = Path(config.output)
+    if (run_dir / REPORT_FILE).exists():
+        raise CMLInputError(f"holds a head search already ({REPORT_FILE}); pick another --output", run_dir)
+    tasks = experiment.orders[0].tasks
+    if not 0 <= config.search.task < len(tasks):
+        raise CMLInputError(f"search.task is {config.search.task}; order 0 has tasks 0..{len(tasks) - 1}")
+    relations = tasks[config.search.task]
+    data = task_features(config, relations, experiment.dataset, device)
+    result = search(data, config.search, config.seed, progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result.genotype.save(run_dir / GENOTYPE_FILE)
+
+    in_dim, width = data["train"].x.shape[1], data["train"].x.shape[1] // 2
+    heads = {
+        "linear": make_head("linear", in_dim, width),
+        "mlp": make_head("mlp", in_dim, width),
+        "searched cell": DiscreteCell(result.genotype, in_dim),
+    }
+    comparison = {name: train_head(head, data, config.search.head_epochs, config.seed) for name, head in heads.items()}
+    report = {
+        "dataset": experiment.dataset.name,
+        "task": config.search.task,
+        "relations": relations,
+        "examples": {name: len(f.y) for name, f in data.items()},
+        "search": vars(config.search),
+        "encoder": config.encoder.name,
+        "genotype": result.genotype.to_dict(),
+        "op_histogram": result.genotype.histogram(),
+        "stopped_early": result.stopped_early,
+        "search_seconds": round(result.seconds, 1),
+        "history": result.history,
+        "alpha": _alpha_table(result),
+        "heads": comparison,
+    }
+    (run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    (run_dir / "search.md").write_text(markdown(report))
+    plot(report, run_dir)
+    return report
+
+
+def _alpha_table(result: SearchResult) -> dict:
+    return {
+        "ops": list(result.ops),
+        "edges": {
+            f"{i}->{j}": [round(float(p), 4) for p in row] for (i, j), row in zip(result.edges, result.probabilities)
+        },
+    }
+
+
+def markdown(report: dict) -> str:
+    s, n = report["search"], report["examples"]
+    lines = [
+        f"# Head-cell search: {report['dataset']}, task {report['task']} of order 0",
+        "",
+        (
+            f"{s['method']} with {s['relaxation']} relaxation, {report['history'][-1]['step']} steps"
+            f"{' (stopped early: skip edges took over)' if report['stopped_early'] else ''}, "
+            f"{report['search_seconds']} s on frozen {report['encoder']} features ({n['train']} train / "
+            f"{n['val']} val / {n['test']} test)."
+        ),
+        "",
+        "## Genotype",
+        "",
+    ]
+    for node in report["genotype"]["nodes"]:
+        lines.append(f"- node {node['node']}: " + ", ".join(f"{e['op']}(node {e['from']})" for e in node["edges"]))
+    lines += ["", "Op histogram: " + ", ".join(f"{op} {n}" for op, n in sorted(report["op_histogram"].items())), ""]
+    lines += [
+        "## Heads trained from scratch on the task",
+        "",
+        "| head | parameters | val acc | test acc |",
+        "|---|---|---|---|",
+    ]
+    for name, h in report["heads"].items():
+        lines.append(
+            f"| {name} | {h['parameters']:,} | {100 * h['val_accuracy']:.1f} | {100 * h['test_accuracy']:.1f} |"
+        )
+    lines += ["", "![alpha](alpha_heatmap.png)", "", "![search](search_accuracy.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    alpha = report["alpha"]
+    table = np.array(list(alpha["edges"].values()))
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(alpha["ops"]), 1.0 + 0.35 * len(table)))
+    image = ax.imshow(table, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(alpha["ops"])), alpha["ops"], rotation=45, ha="right")
+    ax.set_yticks(range(len(table)), list(alpha["edges"]))
+    ax.set_xlabel("op")
+    ax.set_ylabel("edge")
+    ax.set_title("softmax(alpha) per edge at the end of the search")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(run_dir / "alpha_heatmap.png", dpi=120)
+    plt.close(fig)
+
+    steps = [h["step"] for h in report["history"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [h["val_accuracy"] for h in report["history"]], marker="o", label="supernet val accuracy")
+    ax.set_xlabel("search step")
+    ax.set_ylabel("val accuracy")
+    skips = ax.twinx()
+    skips.step(steps, [h["skip_edges"] for h in report["history"]], color="tab:red", where="post", label="skip edges")
+    skips.set_ylabel("skip edges in the discretised cell")
+    fig.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(run_dir / "search_accuracy.png", dpi=120)
+    plt.close(fig)

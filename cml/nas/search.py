@@ -1,0 +1,210 @@
+"""Head-cell search on frozen encoder features of one task: DARTS with a choice of hypergradient
+and relaxation, then the searched cell against the hand-designed heads on that task.
+
+`DartsSearch` follows NASLib's optimiser interface (`step`, `get_final_architecture`); the
+supernet (weights, SGD) and the architecture parameters (alpha, Adam) are separate modules with
+separate optimisers, and the hypergradient estimator only ever sees pure loss functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from tqdm import tqdm
+
+from cml.config import RunConfig, SearchConfig
+from cml.errors import CMLInputError
+from cml.nas.cell import ArchParameters, SuperCell, discretize
+from cml.nas.genotype import Genotype
+from cml.nas.hypergrad import Loss, make_estimator
+from cml.nas.relax import Relaxation
+
+
+@dataclass
+class Features:
+    """Frozen-encoder entity states of one split of a task, with labels 0..C-1."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for chunk in torch.randperm(len(self.y), generator=generator).split(batch_size):
+            yield self.x[chunk], self.y[chunk]
+
+    def stream(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield from self.epoch(batch_size, generator)
+
+
+class SearchModel(nn.Module):
+    """The supernet cell and a classifier: every weight the search trains, and nothing else."""
+
+    def __init__(self, in_dim: int, n_classes: int, config: SearchConfig):
+        super().__init__()
+        self.cell = SuperCell(in_dim, config.width, config.nodes)
+        self.classifier = nn.Linear(self.cell.out_dim, n_classes)
+
+    def forward(self, x: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.cell(x, mixing))
+
+
+def accuracy(logits_of, features: Features, batch_size: int = 1024) -> float:
+    with torch.no_grad():
+        logits = torch.cat([logits_of(x) for x in features.x.split(batch_size)])
+    return float((logits.argmax(-1) == features.y).float().mean())
+
+
+class DartsSearch:
+    def __init__(self, model: SearchModel, config: SearchConfig, seed: int = 0):
+        self.model, self.config = model, config
+        cell = model.cell
+        self.arch = ArchParameters(len(cell.edges), len(cell.ops), seed)
+        self.estimator = make_estimator(config.method, config.w_lr, config.neumann_terms, config.neumann_gamma)
+        self.relaxation = Relaxation(config.relaxation, config.steps, config.tau0, config.tau_min, seed=seed)
+        self.w_optimizer = torch.optim.SGD(model.parameters(), lr=config.w_lr, momentum=0.9, weight_decay=3e-4)
+        self.alpha_optimizer = torch.optim.Adam(
+            self.arch.parameters(), lr=config.alpha_lr, betas=(0.5, 0.999), weight_decay=1e-3
+        )
+        self.t = 0
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, mix) -> Loss:
+        return lambda w, alpha: nn.functional.cross_entropy(functional_call(self.model, w, (x, mix(alpha))), y)
+
+    def step(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]) -> float:
+        """One architecture step (the chosen hypergradient) then one weight step; returns the train loss."""
+        alpha = self.arch.alpha
+        mix = self.relaxation.mixing(self.t, alpha.shape)
+        weights = {n: p.detach() for n, p in self.model.named_parameters()}
+        self.model.train()
+        alpha.grad = self.estimator(self.loss(*train, mix), self.loss(*val, mix), weights, alpha.detach())
+        self.alpha_optimizer.step()
+        loss = self.loss(*train, mix)(dict(self.model.named_parameters()), alpha.detach())
+        self.w_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.w_optimizer.step()
+        self.t += 1
+        return float(loss.detach())
+
+    def probabilities(self) -> torch.Tensor:
+        return self.arch.alpha.detach().softmax(-1)
+
+    def get_final_architecture(self) -> Genotype:
+        return discretize(self.probabilities(), self.model.cell)
+
+    def val_accuracy(self, features: Features) -> float:
+        """The supernet under the relaxation's current temperature, without noise."""
+        self.model.eval()
+        mixing = self.relaxation.mixing(max(self.t - 1, 0), self.arch.alpha.shape, noisy=False)(
+            self.arch.alpha.detach()
+        )
+        return accuracy(lambda x: self.model(x, mixing), features)
+
+
+@dataclass
+class SearchResult:
+    genotype: Genotype
+    probabilities: torch.Tensor  # softmax(alpha), [n_edges, n_ops]
+    edges: list[tuple[int, int]]
+    ops: tuple[str, ...]
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def search(data: dict[str, Features], config: SearchConfig, seed: int = 0, progress: bool = True) -> SearchResult:
+    """Run the search on `data["train"]` (weights) and `data["val"]` (architecture)."""
+    torch.manual_seed(seed)
+    n_classes = int(data["train"].y.max()) + 1
+    searcher = DartsSearch(SearchModel(data["train"].x.shape[1], n_classes, config), config, seed)
+    generator = torch.Generator().manual_seed(seed)
+    train, val = data["train"].stream(config.batch_size, generator), data["val"].stream(config.batch_size, generator)
+    cell = searcher.model.cell
+    result = SearchResult(searcher.get_final_architecture(), searcher.probabilities(), cell.edges, cell.ops)
+    began = time.perf_counter()
+    bar = tqdm(range(config.steps), desc=f"search ({config.method}, {config.relaxation})", disable=not progress)
+    for t in bar:
+        loss = searcher.step(next(train), next(val))
+        if (t + 1) % config.eval_every and t + 1 != config.steps:
+            continue
+        genotype = searcher.get_final_architecture()
+        skips = genotype.histogram().get("skip", 0)
+        result.history.append(
+            {
+                "step": t + 1,
+                "train_loss": round(loss, 5),
+                "val_accuracy": round(searcher.val_accuracy(data["val"]), 5),
+                "temperature": round(searcher.relaxation.temperature(t), 5),
+                "skip_edges": skips,
+            }
+        )
+        bar.set_postfix(val=f"{result.history[-1]['val_accuracy']:.3f}", skip=skips, refresh=False)
+        if config.skip_limit is not None and skips >= config.skip_limit:
+            result.stopped_early = True
+            break
+    result.genotype, result.probabilities = searcher.get_final_architecture(), searcher.probabilities()
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+def train_head(head: nn.Module, data: dict[str, Features], epochs: int, seed: int = 0, lr: float = 1e-3) -> dict:
+    """A head and a fresh classifier trained from scratch on the task's training features."""
+    torch.manual_seed(seed)
+    n_classes = int(data["train"].y.max()) + 1
+    model = nn.Sequential(head, nn.Linear(head.out_dim, n_classes))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for x, y in data["train"].epoch(64, generator):
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    return {
+        "val_accuracy": round(accuracy(model, data["val"]), 5),
+        "test_accuracy": round(accuracy(model, data["test"]), 5),
+        "parameters": sum(p.numel() for p in head.parameters()),
+    }
+
+
+def task_features(config: RunConfig, relations: list[str], dataset, device: torch.device) -> dict[str, Features]:
+    """Entity states of the task's train / val / test examples under the whole encoder, frozen;
+    computed once and cached on disk (keyed by encoder, length limit, seed and examples)."""
+    from cml.encoder import RelationEncoder, fingerprint, load_backbone, load_tokenizer, memo, tokenize
+    from cml.experiment import cache_dir
+
+    label_of = {r: i for i, r in enumerate(relations)}
+    tokenizer = load_tokenizer(config.encoder.name)
+    encoder: list[RelationEncoder] = []  # loaded on the first cache miss only
+
+    def encode(examples: list) -> dict[str, torch.Tensor]:
+        if not encoder:
+            backbone = load_backbone(config.encoder.name, tokenizer, config.seed)
+            encoder.append(RelationEncoder(backbone).to(device).eval())
+        split = tokenize(tokenizer, examples, label_of, config.encoder.max_length)
+        with torch.no_grad():
+            x = split.map(
+                torch.arange(len(split)),
+                lambda b: encoder[0](**{k: v.to(device) for k, v in b.items()}).float().cpu(),
+                128,
+                tokenizer.pad_token_id or 0,
+            )
+        return {"x": x, "y": split.labels}
+
+    out = {}
+    for name in ("train", "val", "test"):
+        examples = [ex for ex in getattr(dataset, name) if ex.relation in label_of]
+        if not examples:
+            raise CMLInputError(f"the search task has no {name} examples (relations {', '.join(relations)})")
+        key = fingerprint(
+            config.encoder.name, config.encoder.max_length, config.seed, examples, sorted(label_of.items())
+        )
+        out[name] = Features(**memo(cache_dir() / f"features-{key}.pt", lambda ex=examples: encode(ex)))
+    return out
