@@ -146,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def search_head(config: RunConfig) -> int:
     from cml.experiment import build_experiment
-    from cml.nas.run import run_search
+    from cml.nas.run import prepare_search_dir, run_search
     from cml.runner import resolve_device
 
+    prepare_search_dir(config)
     report = run_search(config, build_experiment(config), resolve_device(config.device))
     out = Path(config.output)
     print(f"genotype: {out / 'genotype.json'} ({report['search_seconds']} s of search)")

@@ -112,11 +112,15 @@ class RunConfig:
             raise CMLInputError(
                 f"cml.types is {self.cml.types!r}: not auto, dataset, induced, or an existing type map file", source
             )
-        if self.train.head not in CHOICES["head"] and not self.train.head.endswith(".json"):
-            raise CMLInputError(
-                f"train.head is {self.train.head!r}; use one of {', '.join(CHOICES['head'])} or a genotype .json file",
-                source,
-            )
+        if self.train.head not in CHOICES["head"]:
+            if not self.train.head.endswith(".json"):
+                raise CMLInputError(
+                    f"train.head is {self.train.head!r}; use one of {', '.join(CHOICES['head'])} or a genotype .json file",
+                    source,
+                )
+            from cml.nas.genotype import Genotype
+
+            Genotype.load(self.train.head)  # a bad genotype fails here, before any data is loaded
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from cml.methods import MethodContext, check_methods, make_strategy
 from cml.model import RelationModel
 
 CONFIG_FILE, RESULTS_FILE, CHECKPOINTS = "config.yaml", "results.jsonl", "checkpoints"
-IGNORED_ON_RESUME = ("output", "device")  # may differ between the first run and its resumption
+# may differ between a run and its resumption (the head search's options do not touch a run)
+IGNORED_ON_RESUME = ("output", "device", "search")
 
 
 def task_seed(seed: int, method: str, order: int, task: int) -> int:
@@ -48,13 +49,18 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def check_writable(run_dir: Path) -> Path:
+    """`run_dir`, once its nearest existing ancestor is a directory this process may write in."""
+    existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CMLInputError("output directory is not writable", existing)
+    return run_dir
+
+
 def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     """Check everything about the run directory before anything is written to it."""
     check_methods(config.train.methods)
-    run_dir = Path(config.output)
-    existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise CMLInputError("output directory is not writable", existing if existing != run_dir else run_dir)
+    run_dir = check_writable(Path(config.output))
     saved_path = run_dir / CONFIG_FILE
     if resume:
         if not saved_path.exists():
@@ -62,7 +68,7 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
         saved = _flat(yaml.safe_load(saved_path.read_text()))
         wanted = _flat(config.to_dict())
         for key in sorted(set(saved) | set(wanted)):
-            if key not in IGNORED_ON_RESUME and saved.get(key) != wanted.get(key):
+            if key.split(".")[0] not in IGNORED_ON_RESUME and saved.get(key) != wanted.get(key):
                 raise CMLInputError(
                     f"cannot resume: the run used {key}={saved.get(key)!r}, this command asks {key}={wanted.get(key)!r}",
                     saved_path,

@@ -76,6 +76,15 @@ def test_same_seed_same_numbers_and_resume_matches_an_uninterrupted_run(tmp_path
     assert rows_without_time(tmp_path / "cut") == rows_without_time(tmp_path / "full")
 
 
+def test_a_method_gives_the_same_numbers_whatever_runs_before_it(tmp_path):
+    alone = small_config(tmp_path / "alone", methods=("replay",), orders=1)
+    run(alone, build_experiment(alone), progress=False)
+    after = small_config(tmp_path / "after", methods=("cml", "replay"), orders=1)
+    run(after, build_experiment(after), progress=False)
+    replay_after = [r for r in rows_without_time(tmp_path / "after") if r["method"] == "replay"]
+    assert replay_after == rows_without_time(tmp_path / "alone")
+
+
 def make_engine(config: RunConfig, method: str):
     """An engine over the small config's data, and the experiment behind it."""
     from cml.methods import make_strategy

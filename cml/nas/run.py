@@ -14,14 +14,21 @@ from cml.experiment import Experiment
 from cml.model import make_head
 from cml.nas.cell import DiscreteCell
 from cml.nas.search import SearchResult, search, task_features, train_head
+from cml.runner import check_writable
 
 GENOTYPE_FILE, REPORT_FILE = "genotype.json", "search.json"
 
 
-def run_search(config: RunConfig, experiment: Experiment, device: torch.device, progress: bool = True) -> dict:
-    run_dir = Path(config.output)
+def prepare_search_dir(config: RunConfig) -> Path:
+    """Refuse, before any work, an output that holds a search already or cannot be written."""
+    run_dir = check_writable(Path(config.output))
     if (run_dir / REPORT_FILE).exists():
         raise CMLInputError(f"holds a head search already ({REPORT_FILE}); pick another --output", run_dir)
+    return run_dir
+
+
+def run_search(config: RunConfig, experiment: Experiment, device: torch.device, progress: bool = True) -> dict:
+    run_dir = prepare_search_dir(config)
     tasks = experiment.orders[0].tasks
     if not 0 <= config.search.task < len(tasks):
         raise CMLInputError(f"search.task is {config.search.task}; order 0 has tasks 0..{len(tasks) - 1}")
@@ -43,8 +50,7 @@ def run_search(config: RunConfig, experiment: Experiment, device: torch.device, 
         "task": config.search.task,
         "relations": relations,
         "examples": {name: len(f.y) for name, f in data.items()},
-        "search": vars(config.search),
-        "encoder": config.encoder.name,
+        "config": config.to_dict(),
         "genotype": result.genotype.to_dict(),
         "op_histogram": result.genotype.histogram(),
         "stopped_early": result.stopped_early,
@@ -69,14 +75,14 @@ def _alpha_table(result: SearchResult) -> dict:
 
 
 def markdown(report: dict) -> str:
-    s, n = report["search"], report["examples"]
+    s, n = report["config"]["search"], report["examples"]
     lines = [
         f"# Head-cell search: {report['dataset']}, task {report['task']} of order 0",
         "",
         (
             f"{s['method']} with {s['relaxation']} relaxation, {report['history'][-1]['step']} steps"
             f"{' (stopped early: skip edges took over)' if report['stopped_early'] else ''}, "
-            f"{report['search_seconds']} s on frozen {report['encoder']} features ({n['train']} train / "
+            f"{report['search_seconds']} s on frozen {report['config']['encoder']['name']} features ({n['train']} train / "
             f"{n['val']} val / {n['test']} test)."
         ),
         "",
