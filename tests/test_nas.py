@@ -166,3 +166,11 @@ def test_search_head_cli_writes_genotype_and_report_and_the_learner_uses_it(tmp_
     config = load_config(tmp_path / "run" / "config.yaml")
     model = build_model(config, load_tokenizer("tiny"), n_relations=20)
     assert isinstance(model.head, DiscreteCell) and model.head.genotype == genotype
+
+
+def test_same_seed_same_search():
+    data = {"train": separable(0), "val": separable(1), "test": separable(2)}
+    config = SearchConfig(method="darts2", relaxation="gumbel", nodes=2, width=8, steps=15, batch_size=32, eval_every=5)
+    first, second = search(data, config, seed=4, progress=False), search(data, config, seed=4, progress=False)
+    assert torch.equal(first.probabilities, second.probabilities) and first.history == second.history
+    assert not torch.equal(first.probabilities, search(data, config, seed=5, progress=False).probabilities)

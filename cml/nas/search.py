@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -112,9 +112,9 @@ class SearchResult:
     probabilities: torch.Tensor  # softmax(alpha), [n_edges, n_ops]
     edges: list[tuple[int, int]]
     ops: tuple[str, ...]
-    history: list[dict] = field(default_factory=list)
-    stopped_early: bool = False
-    seconds: float = 0.0
+    history: list[dict]  # validation accuracy, loss, temperature and skip edges every `eval_every` steps
+    stopped_early: bool
+    seconds: float
 
 
 def search(data: dict[str, Features], config: SearchConfig, seed: int = 0, progress: bool = True) -> SearchResult:
@@ -124,17 +124,15 @@ def search(data: dict[str, Features], config: SearchConfig, seed: int = 0, progr
     searcher = DartsSearch(SearchModel(data["train"].x.shape[1], n_classes, config), config, seed)
     generator = torch.Generator().manual_seed(seed)
     train, val = data["train"].stream(config.batch_size, generator), data["val"].stream(config.batch_size, generator)
-    cell = searcher.model.cell
-    result = SearchResult(searcher.get_final_architecture(), searcher.probabilities(), cell.edges, cell.ops)
+    history, stopped_early = [], False
     began = time.perf_counter()
     bar = tqdm(range(config.steps), desc=f"search ({config.method}, {config.relaxation})", disable=not progress)
     for t in bar:
         loss = searcher.step(next(train), next(val))
         if (t + 1) % config.eval_every and t + 1 != config.steps:
             continue
-        genotype = searcher.get_final_architecture()
-        skips = genotype.histogram().get("skip", 0)
-        result.history.append(
+        skips = searcher.get_final_architecture().histogram().get("skip", 0)
+        history.append(
             {
                 "step": t + 1,
                 "train_loss": round(loss, 5),
@@ -143,13 +141,20 @@ def search(data: dict[str, Features], config: SearchConfig, seed: int = 0, progr
                 "skip_edges": skips,
             }
         )
-        bar.set_postfix(val=f"{result.history[-1]['val_accuracy']:.3f}", skip=skips, refresh=False)
+        bar.set_postfix(val=f"{history[-1]['val_accuracy']:.3f}", skip=skips, refresh=False)
         if config.skip_limit is not None and skips >= config.skip_limit:
-            result.stopped_early = True
+            stopped_early = True
             break
-    result.genotype, result.probabilities = searcher.get_final_architecture(), searcher.probabilities()
-    result.seconds = time.perf_counter() - began
-    return result
+    cell = searcher.model.cell
+    return SearchResult(
+        searcher.get_final_architecture(),
+        searcher.probabilities(),
+        cell.edges,
+        cell.ops,
+        history,
+        stopped_early,
+        time.perf_counter() - began,
+    )
 
 
 def train_head(head: nn.Module, data: dict[str, Features], epochs: int, seed: int = 0, lr: float = 1e-3) -> dict:
