@@ -1,10 +1,16 @@
-"""What every benchmark prints first: the command and the machine."""
+"""What every benchmark prints first, and the ceiling that throughput is compared with."""
 
 import os
 import platform
+import resource
 import sys
+import time
 
 import torch
+from torch import nn
+
+from cml.device import autocast
+from cml.encoder import EncodedSplit
 
 
 def header() -> None:
@@ -13,3 +19,40 @@ def header() -> None:
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}, torch {torch.__version__}"
     )
+
+
+def peak_memory() -> str:
+    rss = f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    if torch.cuda.is_available():
+        rss += f", peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    return rss
+
+
+def forward_backward_rate(
+    model, split: EncodedSplit, indices: torch.Tensor, batch_size: int, pad_id: int, device, precision: str
+) -> tuple[float, float]:
+    """(examples/s, padding fraction) of forward + backward of the layers that train (the frozen
+    layers' outputs come from the cache, as in a run) over `indices` in batches of `batch_size`,
+    in the order given. No optimiser step, no evaluation: the ceiling of training speed."""
+    seen = torch.ones(model.classifier.out_features, dtype=torch.bool, device=device)
+    batches = [{k: v.to(device) for k, v in split.batch(b, pad_id).items()} for b in indices.split(batch_size)]
+    slots = sum(b["attention_mask"].numel() for b in batches)
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+
+    def step(batch):
+        with autocast(device, precision):
+            logits = model(batch, seen)
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(logits.float(), batch["labels"]).backward()
+
+    model.train()
+    for batch in batches:  # warm-up: the kernels for each shape are built on first use
+        step(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(indices) / (time.perf_counter() - start), 1 - real / slots

@@ -1,22 +1,20 @@
 """The ceiling of training speed: forward + backward of the layers that train (the top encoder
 layers, the head and the classifier, on the cached frozen-layer outputs), in examples/s, on the
-dataset's own sentence lengths; shuffled batches against batches sorted by length, with the
-fraction of word-piece slots spent on padding; and the peak resident memory.
+dataset's own sentence lengths, in fp32 and bf16 autocast; shuffled batches against batches
+sorted by length, with the fraction of word-piece slots spent on padding; and the peak memory.
 
 python benchmarks/encoder_throughput.py --data-dir ../shared/data/fewrel [--freeze-layers 4] [--batches 20]
 """
 
 import argparse
-import resource
-import time
 
 import torch
-from _machine import header
-from torch import nn
+from _machine import forward_backward_rate, header, peak_memory
 
 from cml.config import RunConfig
 from cml.data import load_dataset
-from cml.encoder import load_tokenizer, tokenize
+from cml.device import resolve_device
+from cml.encoder import frozen_states, load_tokenizer, tokenize
 from cml.runner import build_model
 
 args = argparse.ArgumentParser()
@@ -27,42 +25,27 @@ args.add_argument("--freeze-layers", type=int, default=4)
 args.add_argument("--max-length", type=int, default=128)
 args.add_argument("--batch-size", type=int, default=16)
 args.add_argument("--batches", type=int, default=20)
+args.add_argument("--device", default="auto")
 a = args.parse_args()
 header()
 
 config = RunConfig()
 config.encoder.name, config.encoder.freeze_layers, config.encoder.max_length = a.encoder, a.freeze_layers, a.max_length
+device = resolve_device(a.device)
 dataset = load_dataset(a.dataset, a.data_dir)
 tokenizer = load_tokenizer(a.encoder)
-split = tokenize(tokenizer, dataset.train, dataset.label_of, a.max_length)
-model = build_model(config, tokenizer, len(dataset.relations))
 pad_id = tokenizer.pad_token_id or 0
+model = build_model(config, tokenizer, len(dataset.relations)).to(device)
 n = a.batch_size * a.batches
-seen = torch.ones(len(dataset.relations), dtype=torch.bool)
+sample = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:n]
+split = tokenize(tokenizer, [dataset.train[i] for i in sample], dataset.label_of, a.max_length)
+if a.freeze_layers:
+    split.hidden = frozen_states(model.encoder, split, pad_id, device=device)
+split = split.to(device)
 print(f"{a.encoder}, {a.freeze_layers} frozen layers, batch {a.batch_size}, {a.batches} batches of {a.dataset} train")
-
-generator = torch.Generator().manual_seed(0)
-sample = torch.randperm(len(split), generator=generator)[:n]
-plans = {
-    "shuffled": sample.split(a.batch_size),
-    "sorted by length": sample[torch.argsort(split.lengths[sample], stable=True)].split(a.batch_size),
-}
-for name, batches in plans.items():
-    prepared = []
-    for index in batches:
-        batch = split.batch(index, pad_id)
-        if a.freeze_layers:
-            batch["hidden"] = model.encoder.bottom(batch["input_ids"], batch["attention_mask"])
-        prepared.append(batch)
-    slots = sum(b["attention_mask"].numel() for b in prepared)
-    real = sum(int(b["attention_mask"].sum()) for b in prepared)
-    model.train()
-    loss = nn.functional.cross_entropy(model(prepared[0], seen), prepared[0]["labels"])
-    loss.backward()  # warm-up
-    start = time.perf_counter()
-    for batch in prepared:
-        model.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(batch, seen), batch["labels"]).backward()
-    elapsed = time.perf_counter() - start
-    print(f"{name}: {n / elapsed:,.1f} examples/s forward+backward, padding {100 * (1 - real / slots):.1f}% of slots")
-print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+plans = {"shuffled": torch.arange(n), "sorted by length": torch.argsort(split.lengths, stable=True)}
+for precision in ("fp32", "bf16"):
+    for name, order in plans.items():
+        rate, padding = forward_backward_rate(model, split, order, a.batch_size, pad_id, device, precision)
+        print(f"{precision}, {name}: {rate:,.1f} examples/s forward+backward, padding {100 * padding:.1f}% of slots")
+print(peak_memory())

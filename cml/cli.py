@@ -25,6 +25,7 @@ FLAGS = {
     "batch_size": ("train", "batch_size"),
     "memory_size": ("train", "memory_size"),
     "head": ("train", "head"),
+    "precision": ("train", "precision"),
     "curriculum_order": ("data", "curriculum_orders"),
     "types": ("cml", "types"),
     "n_types": ("cml", "n_types"),
@@ -98,6 +99,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="run directory (default runs/latest)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=CHOICES["device"])
+    p.add_argument(
+        "--precision",
+        choices=CHOICES["precision"],
+        help="bf16 autocast or fp32; auto (default): bf16 where the GPU or CPU multiplies bf16 natively",
+    )
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last finished task")
     p.add_argument("--freeze-layers", type=int, help="freeze the embeddings and this many bottom encoder layers")
     p.add_argument("--plan-only", action="store_true", help="load the data, print the task plan and stop")
@@ -145,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def search_head(config: RunConfig) -> int:
+    from cml.device import resolve_device
     from cml.experiment import build_experiment
     from cml.nas.run import prepare_search_dir, run_search
-    from cml.runner import resolve_device
 
     prepare_search_dir(config)
     report = run_search(config, build_experiment(config), resolve_device(config.device))

@@ -39,7 +39,9 @@ class TrainConfig:
     methods: list[str] = field(default_factory=lambda: ["finetune", "replay", "joint"])
     epochs: int = 2
     batch_size: int = 16
-    eval_batch_size: int = 128
+    eval_batch_size: int | None = None  # default: 128 on a CPU, 1024 on a GPU
+    length_window: int = 50  # training batches are sorted by length within windows of this many (1: no sorting)
+    precision: str = "auto"  # bf16 (autocast), fp32, or auto: bf16 where the hardware has it (cml/device.py)
     lr: float = 5e-5
     head_lr: float = 1e-3
     memory_size: int = 10  # examples kept per relation
@@ -99,6 +101,7 @@ class RunConfig:
         for where, value, allowed in (
             ("data.task_split", self.data.task_split, CHOICES["task_split"]),
             ("device", self.device, CHOICES["device"]),
+            ("train.precision", self.train.precision, CHOICES["precision"]),
             ("cml.similarity", self.cml.similarity, CHOICES["similarity"]),
             ("cml.pacing", self.cml.pacing, CHOICES["pacing"]),
             ("cml.direction", self.cml.direction, CHOICES["direction"]),
@@ -135,6 +138,7 @@ CHOICES = {
     "task_split": ("random", "clustered"),
     "head": ("linear", "mlp"),
     "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "bf16", "fp32"),
     "similarity": ("kl", "cosine"),
     "pacing": ("linear", "root", "step"),
     "direction": ("easy_first", "hard_first"),

@@ -6,6 +6,7 @@ is the concatenation of the final hidden states at `[E11]` and `[E21]` (METHOD.m
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from cml.data.records import RelationExample
+from cml.device import to_device
 from cml.errors import CMLInputError
 
 MARKERS = ("[E11]", "[E12]", "[E21]", "[E22]")
@@ -91,13 +93,21 @@ class EncodedSplit:
     def lengths(self) -> torch.Tensor:
         return self.offsets[1:] - self.offsets[:-1]
 
+    def to(self, device: torch.device) -> EncodedSplit:
+        """The word pieces and cached states on `device` (a GPU: batches are then gathered there,
+        with no copy of the bulk per step); the small per-example fields stay on the CPU."""
+        hidden = self.hidden.to(device) if self.hidden is not None else None
+        return dataclasses.replace(self, ids=self.ids.to(device), hidden=hidden)
+
     def batch(self, index, pad_id: int = 0) -> dict[str, torch.Tensor]:
+        """One batch padded to its longest sentence; word pieces and states come on the device
+        they are stored on, the rest on the CPU."""
         index = torch.as_tensor(index, dtype=torch.long)
         starts, lengths = self.offsets[index], self.lengths[index]
         width = int(lengths.max())
         cols = torch.arange(width)
-        mask = cols[None, :] < lengths[:, None]
-        gather = (starts[:, None] + cols[None, :]).clamp(max=len(self.ids) - 1)
+        gather = to_device((starts[:, None] + cols[None, :]).clamp(max=len(self.ids) - 1), self.ids.device)
+        mask = to_device(cols[None, :] < lengths[:, None], self.ids.device)
         input_ids = torch.where(mask, self.ids[gather].long(), torch.full_like(gather, pad_id))
         extra = {"hidden": self.hidden[gather] * mask[..., None]} if self.hidden is not None else {}
         return {
@@ -108,6 +118,18 @@ class EncodedSplit:
             "tail_pos": self.tail_pos[index],
             "labels": self.labels[index],
         }
+
+    def length_grouped(self, indices: torch.Tensor, batch_size: int, window: int) -> list[torch.Tensor]:
+        """Training batches of `indices` with little padding and still random content: shuffle,
+        sort each window of `window` batches by length, cut it into batches, shuffle the batches.
+        `window` 1 is a plain shuffle. Draws from torch's global generator."""
+        shuffled = indices[torch.randperm(len(indices))]
+        batches = [
+            batch
+            for part in shuffled.split(batch_size * window)
+            for batch in part[torch.argsort(self.lengths[part], stable=True)].split(batch_size)
+        ]
+        return [batches[i] for i in torch.randperm(len(batches)).tolist()]
 
     def map(self, indices: torch.Tensor, fn, batch_size: int, pad_id: int = 0) -> torch.Tensor:
         """`fn(batch)` over the examples `indices`, in batches of similar length (little padding);
@@ -200,8 +222,31 @@ def tokenize_cached(
     return EncodedSplit(**memo(path, lambda: vars(tokenize(tokenizer, examples, label_of, max_length))))
 
 
+def bert_style(backbone: nn.Module) -> bool:
+    """Embeddings, a stack of layers and the submodules `RelationEncoder` calls in its last layer
+    (BERT, MiniLM, RoBERTa, ELECTRA and the like)."""
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if not hasattr(backbone, "embeddings") or not layers:
+        return False
+    parts = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.self.attention_head_size")
+    return all(_has(layers[-1], p) for p in (*parts, "attention.output", "intermediate", "output"))
+
+
+def _has(module: nn.Module, dotted: str) -> bool:
+    for name in dotted.split("."):
+        if not hasattr(module, name):
+            return False
+        module = getattr(module, name)
+    return True
+
+
 class RelationEncoder(nn.Module):
     """Backbone + entity-state pooling: the [E11] and [E21] states concatenated (2 x hidden).
+
+    Only those two states of the last layer are ever read, so on a BERT-style backbone the last
+    layer computes its queries, attention output and feed-forward at those two positions alone
+    (keys and values still come from every token): the same states as the full layer, at about a
+    sixth of its cost. Other backbones run their own full forward.
 
     With `frozen_layers = N > 0` the embeddings and the bottom N layers are frozen and always run
     in eval mode (no dropout), so their outputs are a fixed function of the sentence: they can be
@@ -214,8 +259,9 @@ class RelationEncoder(nn.Module):
         self.backbone = backbone
         self.out_dim = 2 * backbone.config.hidden_size
         self.frozen_layers = frozen_layers
+        self.entity_only = bert_style(backbone)
         if frozen_layers > 0:
-            if not hasattr(backbone, "embeddings") or not hasattr(getattr(backbone, "encoder", None), "layer"):
+            if not self.entity_only:
                 raise CMLInputError(
                     f"freezing layers needs a BERT-style encoder (embeddings + encoder.layer); got {type(backbone).__name__}"
                 )
@@ -240,6 +286,8 @@ class RelationEncoder(nn.Module):
     def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
         from transformers.masking_utils import create_bidirectional_mask
 
+        if len(layers) == 0:
+            return hidden
         mask = create_bidirectional_mask(
             config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask
         )
@@ -248,6 +296,24 @@ class RelationEncoder(nn.Module):
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
+    @staticmethod
+    def _at_positions(layer: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor):
+        """A BERT layer's output at `positions` [B, P] only; attention still reads every token."""
+        attention = layer.attention.self
+        rows = torch.arange(len(hidden), device=hidden.device)[:, None]
+        picked = hidden[rows, positions]  # [B, P, d]
+        heads = lambda x: x.unflatten(-1, (-1, attention.attention_head_size)).transpose(1, 2)
+        context = nn.functional.scaled_dot_product_attention(
+            heads(attention.query(picked)),
+            heads(attention.key(hidden)),
+            heads(attention.value(hidden)),
+            attn_mask=attention_mask[:, None, None, :].bool(),
+            dropout_p=attention.dropout.p if layer.training else 0.0,
+            scale=attention.attention_head_size**-0.5,
+        )
+        out = layer.attention.output(context.transpose(1, 2).flatten(2), picked)
+        return layer.output(layer.intermediate(out), out)
+
     @torch.no_grad()
     def bottom(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Output of the frozen embeddings and bottom layers."""
@@ -255,16 +321,21 @@ class RelationEncoder(nn.Module):
         return self._layers(hidden, attention_mask, self.backbone.encoder.layer[: self.frozen_layers])
 
     def forward(self, input_ids, attention_mask, head_pos, tail_pos, hidden=None, **_) -> torch.Tensor:
-        if self.frozen_layers == 0:
+        positions = torch.stack([head_pos, tail_pos], dim=1)
+        if not self.entity_only:
             states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        else:
-            if hidden is None:
-                hidden = self.bottom(input_ids, attention_mask)
-            dtype = self.backbone.embeddings.word_embeddings.weight.dtype
-            top = self.backbone.encoder.layer[self.frozen_layers :]
-            states = self._layers(hidden.to(dtype), attention_mask, top)
-        rows = torch.arange(len(states), device=states.device)
-        return torch.cat([states[rows, head_pos], states[rows, tail_pos]], dim=-1)
+            rows = torch.arange(len(states), device=states.device)[:, None]
+            return states[rows, positions].flatten(1)
+        if hidden is None:
+            hidden = (
+                self.bottom(input_ids, attention_mask)
+                if self.frozen_layers
+                else self.backbone.embeddings(input_ids=input_ids)
+            )
+        hidden = hidden.to(self.backbone.embeddings.word_embeddings.weight.dtype)
+        *middle, last = self.backbone.encoder.layer[self.frozen_layers :]
+        hidden = self._layers(hidden, attention_mask, middle)
+        return self._at_positions(last, hidden, attention_mask, positions).flatten(1)
 
 
 def frozen_states(

@@ -7,7 +7,6 @@ evaluates on the test sets of every relation seen so far (class-incremental).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -17,9 +16,11 @@ from torch import nn
 from tqdm import tqdm
 
 from cml.config import TrainConfig
+from cml.device import autocast, eval_batch_size, to_device
 from cml.encoder import EncodedSplit
 from cml.memory import EpisodicMemory
 from cml.model import RelationModel
+from cml.timing import TRAIN_PHASE, PhaseTimer
 
 
 @dataclass
@@ -33,6 +34,9 @@ class EncodedData:
 
     def __post_init__(self) -> None:
         self.label_of = {r: i for i, r in enumerate(self.relations)}
+
+    def to(self, device: torch.device) -> EncodedData:
+        return EncodedData(self.train.to(device), self.test.to(device), self.relations, self.pad_id)
 
     def _where(self, split: EncodedSplit, relations: list[str]) -> torch.Tensor:
         labels = torch.tensor([self.label_of[r] for r in relations], dtype=torch.long)
@@ -69,8 +73,7 @@ class Strategy:
         return engine.data.train_indices(engine.current)
 
     def batches(self, engine: Engine, indices: torch.Tensor, epoch: int) -> Iterator[torch.Tensor]:
-        order = indices[torch.randperm(len(indices))]
-        yield from order.split(engine.config.batch_size)
+        yield from engine.length_grouped(indices)
 
     def after_training(self, engine: Engine) -> None:
         pass
@@ -89,10 +92,15 @@ class Engine:
         device: torch.device,
         seed: int = 0,
         progress: bool = True,
+        timer: PhaseTimer | None = None,
     ):
+        """`config.precision` must be resolved (bf16 or fp32); `data` is best already on `device`."""
         self.model = model.to(device)
         self.data, self.config, self.strategy = data, config, strategy
         self.device, self.seed, self.progress = device, seed, progress
+        self.timer = timer or PhaseTimer()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.eval_batch_size = eval_batch_size(config.eval_batch_size, device)
         self.memory = EpisodicMemory()
         self.tasks: list[list[str]] = []  # tasks seen, in arrival order
         self.seen = torch.zeros(len(data.relations), dtype=torch.bool, device=device)
@@ -102,29 +110,35 @@ class Engine:
         return self.tasks[-1]
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.config.precision)
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: to_device(v, self.device) for k, v in batch.items()}
+
+    def length_grouped(self, indices: torch.Tensor) -> list[torch.Tensor]:
+        """Training batches of `indices` in random order, each of sentences of similar length."""
+        return self.data.train.length_grouped(indices, self.config.batch_size, self.config.length_window)
 
     def optimizer(self) -> torch.optim.Optimizer:
+        """AdamW, fused: one kernel for all parameters, about 6x faster than the per-tensor loop on a CPU."""
         encoder = [p for p in self.model.encoder.parameters() if p.requires_grad]
         rest = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
         return torch.optim.AdamW(
-            [{"params": encoder, "lr": self.config.lr}, {"params": rest, "lr": self.config.head_lr}]
+            [{"params": encoder, "lr": self.config.lr}, {"params": rest, "lr": self.config.head_lr}], fused=True
         )
 
     def train_step(self, indices: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
-        batch = self.to_device(self.data.train.batch(indices, self.data.pad_id))
-        with self.autocast():
-            logits = self.model(batch, self.seen)
-        loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        optimizer.step()
+        with self.timer("batch assembly"):
+            batch = self.to_device(self.data.train.batch(indices, self.data.pad_id))
+        with self.timer(TRAIN_PHASE, len(indices)):
+            with self.autocast():
+                logits = self.model(batch, self.seen)
+            loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with self.timer("optimizer step"):
+            nn.utils.clip_grad_norm_(self.trainable, 1.0)
+            optimizer.step()
         return float(loss.detach())
 
     def run_task(self, relations: list[str]) -> TaskResult:
@@ -136,20 +150,23 @@ class Engine:
         optimizer = self.optimizer()
         self.model.train()
         for epoch in range(self.config.epochs):
+            with self.timer("batch planning"):
+                batches = list(s.batches(self, indices, epoch))
             bar = tqdm(
-                list(s.batches(self, indices, epoch)),
+                batches,
                 desc=f"    epoch {epoch + 1}/{self.config.epochs}",
                 leave=False,
                 disable=not self.progress,
             )
             for batch in bar:
                 bar.set_postfix(loss=f"{self.train_step(batch, optimizer):.3f}", refresh=False)
-        s.after_training(self)
+        with self.timer("after training (Reptile)"):
+            s.after_training(self)
         s.after_task(self)
         return self.evaluate()
 
     @torch.no_grad()
-    def _apply(self, split: EncodedSplit, indices: torch.Tensor, fn) -> torch.Tensor:
+    def _apply(self, split: EncodedSplit, indices: torch.Tensor, fn, phase: str) -> torch.Tensor:
         """`fn` over the examples `indices` in eval mode; rows follow `indices`."""
         self.model.eval()
 
@@ -157,16 +174,17 @@ class Engine:
             with self.autocast():
                 return fn(self.to_device(batch)).float().cpu()
 
-        return split.map(indices, on_device, self.config.eval_batch_size, self.data.pad_id)
+        with self.timer(phase, len(indices)):
+            return split.map(indices, on_device, self.eval_batch_size, self.data.pad_id)
 
     def features(self, indices: torch.Tensor) -> np.ndarray:
         """Relation representations of training examples, in the order of `indices`."""
-        return self._apply(self.data.train, indices, self.model.features).numpy()
+        return self._apply(self.data.train, indices, self.model.features, "memory forward").numpy()
 
     def evaluate(self) -> TaskResult:
         relations = [r for task in self.tasks for r in task]
         indices = self.data.test_indices(relations)
-        logits = self._apply(self.data.test, indices, lambda b: self.model(b, self.seen))
+        logits = self._apply(self.data.test, indices, lambda b: self.model(b, self.seen), "evaluation forward")
         labels = self.data.test.labels[indices]
         correct = (logits.argmax(-1) == labels).float()
         per_relation = {}

@@ -47,11 +47,16 @@ class Joint(Strategy):
 
 
 def update_memory(engine: Engine) -> None:
-    """Encode each new relation's training examples with the updated model; keep the K-means prototypes."""
+    """Encode the new relations' training examples with the updated model (in one pass, so the
+    batches are full and sorted by length); keep each relation's K-means prototypes."""
+    indices = engine.data.train_indices(engine.current)
+    features = engine.features(indices)
+    labels = engine.data.train.labels[indices]
     for relation in engine.current:
-        indices = engine.data.train_indices([relation])
-        keep = select_prototypes(engine.features(indices), engine.config.memory_size, engine.seed)
-        engine.memory.add(relation, indices[torch.as_tensor(keep, dtype=torch.long)])
+        mine = (labels == engine.data.label_of[relation]).nonzero().flatten()
+        with engine.timer("memory K-means"):
+            keep = select_prototypes(features[mine.numpy()], engine.config.memory_size, engine.seed)
+        engine.memory.add(relation, indices[mine[torch.as_tensor(keep, dtype=torch.long)]])
 
 
 META_SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
@@ -77,7 +82,7 @@ class CML(Replay):
         current = torch.tensor([engine.data.label_of[r] for r in engine.current])
         is_task = torch.isin(engine.data.train.labels[indices], current)
         task, memory = indices[is_task], indices[~is_task]
-        task_batches = list(task[torch.randperm(len(task))].split(engine.config.batch_size))
+        task_batches = engine.length_grouped(task)
         if len(memory) == 0:
             yield from task_batches
             return

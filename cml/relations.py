@@ -151,20 +151,20 @@ def induced_types(
 
     mentions = [m for ex in dataset.train for m in (ex.head_text, ex.tail_text)]
     unique = sorted(set(mentions))
-    vectors = []
+    ids = tokenizer(unique, truncation=True, max_length=32)["input_ids"]
+    by_length = sorted(range(len(unique)), key=lambda i: len(ids[i]))  # batches with little padding
+    x = np.zeros((len(unique), backbone.config.hidden_size), dtype=np.float32)
     backbone.eval().to(device)
     with torch.no_grad():
         for start in tqdm(range(0, len(unique), batch_size), desc="encoding mentions", leave=False):
-            enc = tokenizer(
-                unique[start : start + batch_size], padding=True, truncation=True, max_length=32, return_tensors="pt"
-            ).to(device)
+            rows = by_length[start : start + batch_size]
+            enc = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt").to(device)
             states = backbone(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
             inner = enc["attention_mask"].clone()
             inner[:, 0] = 0  # leave out [CLS] and [SEP]: the mention's own word pieces only
             inner[torch.arange(len(inner)), enc["attention_mask"].sum(1) - 1] = 0
             inner = inner.clamp(min=0).unsqueeze(-1).float()
-            vectors.append(((states * inner).sum(1) / inner.sum(1).clamp(min=1)).float().cpu())
-    x = torch.cat(vectors).numpy()
+            x[rows] = ((states * inner).sum(1) / inner.sum(1).clamp(min=1)).float().cpu().numpy()
     labels = KMeans(n_clusters=min(n_types, len(unique)), n_init=3, random_state=seed).fit_predict(x)
     cluster = {m: f"t{label}" for m, label in zip(unique, labels)}
     return [([cluster[ex.head_text]], [cluster[ex.tail_text]]) for ex in dataset.train]

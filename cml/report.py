@@ -86,6 +86,7 @@ def method_report(rows: dict, method: str, experiment: Experiment) -> dict:
         "order_curriculumness": tau.tolist(),
         "curriculumness_accuracy_spearman": metrics.spearman(tau, whole[:, -1]) if O > 2 else None,
         "seconds": sum(rows[(method, o, k)]["seconds"] for o in range(O) for k in range(K)),
+        "train_examples": sum(rows[(method, o, k)].get("train_examples", 0) for o in range(O) for k in range(K)),
     }
 
 
@@ -109,15 +110,16 @@ def markdown(report: dict) -> str:
     lines += [
         "## Comparison",
         "",
-        "| method | final W | std | range | final A | F | AFR | BWT | OS | time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | final W | std | range | final A | F | AFR | BWT | OS | time (s) | train ex/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in report["methods"].items():
         w = m["final_whole_accuracy"]
         lines.append(
             f"| {name} | {_pm(w)} | {100 * w['std']:.1f} | {100 * w['min']:.1f}–{100 * w['max']:.1f} | "
             f"{_pm(m['final_average_accuracy'])} | {_pm(m['forgetting'])} | {_pm(m['average_forgetting_rate'])} | "
-            f"{_pm(m['backward_transfer'])} | {100 * m['order_sensitivity']['mean']:.1f} | {m['seconds']:.0f} |"
+            f"{_pm(m['backward_transfer'])} | {100 * m['order_sensitivity']['mean']:.1f} | {m['seconds']:.0f} | "
+            f"{m['train_examples'] / max(m['seconds'], 1e-9):.0f} |"
         )
     for name, m in report["methods"].items():
         lines += ["", f"## {name}", "", "| stage | W_k | A_k |", "|---|---|---|"]
@@ -146,6 +148,11 @@ def markdown(report: dict) -> str:
             f"| {name} | {100 * o['mean']:.1f} | {100 * o['difficulty_weighted']:.1f} | "
             f"{fmt(m['difficulty_forgetting_spearman'])} | {fmt(m['curriculumness_accuracy_spearman'])} | {taus} |"
         )
+    lines += ["", "## Where the time went", "", "In this invocation (a resumed run counts only what it ran).", ""]
+    lines += ["| phase | seconds | examples | examples/s |", "|---|---|---|---|"]
+    for phase, t in sorted(report["timings"].items(), key=lambda item: -item[1]["seconds"]):
+        rate = f"{t['examples'] / t['seconds']:.0f}" if t["examples"] and t["seconds"] else "-"
+        lines.append(f"| {phase} | {t['seconds']:.1f} | {t['examples'] or '-'} | {rate} |")
     lines += [
         "",
         "## Definitions",
@@ -246,7 +253,8 @@ def _scatter(plt, path: Path, series: dict, xlabel: str, ylabel: str, title: str
     plt.close(fig)
 
 
-def write_report(run_dir: Path, config: RunConfig, experiment: Experiment, rows: dict) -> dict:
+def write_report(run_dir: Path, config: RunConfig, experiment: Experiment, rows: dict, timings: dict) -> dict:
+    """`timings`: seconds and examples per phase of this invocation (`PhaseTimer.summary`)."""
     ds = experiment.dataset
     report = {
         "dataset": {
@@ -259,6 +267,7 @@ def write_report(run_dir: Path, config: RunConfig, experiment: Experiment, rows:
         "orders": [{"origin": o.origin, "tasks": o.tasks} for o in experiment.orders],
         "config": config.to_dict(),
         "methods": {m: method_report(rows, m, experiment) for m in config.train.methods},
+        "timings": timings,
     }
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
     (run_dir / "report.md").write_text(markdown(report))

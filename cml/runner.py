@@ -18,12 +18,14 @@ import yaml
 from tqdm import tqdm
 
 from cml.config import RunConfig
+from cml.device import resolve_device, resolve_precision
 from cml.encoder import RelationEncoder, frozen_states_cached, load_backbone, load_tokenizer, tokenize_cached
 from cml.engine import EncodedData, Engine
 from cml.errors import CMLInputError
 from cml.experiment import Experiment, cache_dir
 from cml.methods import MethodContext, check_methods, make_strategy
 from cml.model import RelationModel
+from cml.timing import TRAIN_PHASE, PhaseTimer
 
 CONFIG_FILE, RESULTS_FILE, CHECKPOINTS = "config.yaml", "results.jsonl", "checkpoints"
 # may differ between a run and its resumption (the head search's options do not touch a run)
@@ -34,12 +36,13 @@ def task_seed(seed: int, method: str, order: int, task: int) -> int:
     return zlib.crc32(f"{seed}/{method}/{order}/{task}".encode())
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CMLInputError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
+def resolved(config: RunConfig) -> tuple[RunConfig, torch.device]:
+    """A copy of the config with the precision fixed for this machine (as config.yaml records
+    it), and the device."""
+    device = resolve_device(config.device)
+    config = copy.deepcopy(config)
+    config.train.precision = resolve_precision(config.train.precision, device)
+    return config, device
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -60,6 +63,7 @@ def check_writable(run_dir: Path) -> Path:
 def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     """Check everything about the run directory before anything is written to it."""
     check_methods(config.train.methods)
+    config, _ = resolved(config)
     run_dir = check_writable(Path(config.output))
     saved_path = run_dir / CONFIG_FILE
     if resume:
@@ -114,7 +118,7 @@ def encode_data(
         model.to(device)
         for split in splits:
             split.hidden = frozen_states_cached(model.encoder, config.encoder.name, split, pad_id, cache_dir(), device)
-    return EncodedData(*splits, ds.relations, pad_id)
+    return EncodedData(*splits, ds.relations, pad_id).to(device)
 
 
 def build_learner(config: RunConfig, experiment: Experiment, device: torch.device):
@@ -125,16 +129,27 @@ def build_learner(config: RunConfig, experiment: Experiment, device: torch.devic
     return model, data, MethodContext(experiment.space, config.cml, len(experiment.orders[0].tasks))
 
 
-def run(config: RunConfig, experiment: Experiment, resume: bool = False, progress: bool = True) -> dict:
-    """Run every method on every order; returns the report (also written to the run directory)."""
+def run(
+    config: RunConfig,
+    experiment: Experiment,
+    resume: bool = False,
+    progress: bool = True,
+    timer: PhaseTimer | None = None,
+) -> dict:
+    """Run every method on every order; returns the report (also written to the run directory).
+    `timer` collects where the time goes (the report holds its totals)."""
     from cml.report import write_report
 
+    config, device = resolved(config)
+    timer = timer or PhaseTimer()
     run_dir = prepare_run_dir(config, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
-    device = resolve_device(config.device)
-    model, data, context = build_learner(config, experiment, device)
+    if progress:
+        tqdm.write(f"device {device}, precision {config.train.precision}")
+    with timer("data and model"):
+        model, data, context = build_learner(config, experiment, device)
     initial = copy.deepcopy(model.state_dict())
     rows = read_results(run_dir)
     methods, orders = config.train.methods, experiment.orders
@@ -142,7 +157,8 @@ def run(config: RunConfig, experiment: Experiment, resume: bool = False, progres
         for method in tqdm(methods, desc="methods", disable=not progress):
             for o, order in enumerate(tqdm(orders, desc=f"{method}: orders", leave=False, disable=not progress)):
                 model.load_state_dict(initial)
-                engine = Engine(model, data, config.train, make_strategy(method, context), device, progress=progress)
+                strategy = make_strategy(method, context)
+                engine = Engine(model, data, config.train, strategy, device, progress=progress, timer=timer)
                 start = _restore(engine, run_dir, rows, method, o, len(order.tasks))
                 tasks = tqdm(
                     range(start, len(order.tasks)),
@@ -155,7 +171,7 @@ def run(config: RunConfig, experiment: Experiment, resume: bool = False, progres
                 for k in tasks:
                     engine.seed = task_seed(config.seed, method, o, k)
                     torch.manual_seed(engine.seed)
-                    began = time.perf_counter()
+                    began, examples = time.perf_counter(), timer.examples[TRAIN_PHASE]
                     result = engine.run_task(order.tasks[k])
                     row = {
                         "method": method,
@@ -164,6 +180,7 @@ def run(config: RunConfig, experiment: Experiment, resume: bool = False, progres
                         "relations": order.tasks[k],
                         **vars(result),
                         "seconds": round(time.perf_counter() - began, 2),
+                        "train_examples": timer.examples[TRAIN_PHASE] - examples,
                     }
                     rows[(method, o, k)] = row
                     log.write(json.dumps(row) + "\n")
@@ -174,7 +191,7 @@ def run(config: RunConfig, experiment: Experiment, resume: bool = False, progres
                         f"whole acc {100 * result.whole_accuracy:.1f}, "
                         f"current task {100 * result.task_accuracy[-1]:.1f} ({row['seconds']:.1f} s)"
                     )
-    return write_report(run_dir, config, experiment, rows)
+    return write_report(run_dir, config, experiment, rows, timer.summary())
 
 
 def _checkpoint_path(run_dir: Path, method: str, order: int) -> Path:

@@ -64,6 +64,41 @@ def test_encoder_loads_from_a_local_path(tiny, tmp_path, demo):
     torch.testing.assert_close(enc2.eval()(**batch), encoder.eval()(**batch))
 
 
+def hf_entity_states(backbone, batch):
+    """[E11] and [E21] states from Hugging Face's own forward of the whole model."""
+    states = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    rows = torch.arange(len(states))
+    return torch.cat([states[rows, batch["head_pos"]], states[rows, batch["tail_pos"]]], dim=-1)
+
+
+def test_last_layer_at_entity_positions_gives_the_full_models_states_and_gradients(demo):
+    from cml.encoder import load_backbone, load_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer("tiny")
+    backbone = load_backbone("tiny", tokenizer, seed=1)
+    backbone.config.num_hidden_layers = 3
+    backbone = type(backbone)(backbone.config, add_pooling_layer=False).eval()  # 3 layers: a middle one too
+    encoder = RelationEncoder(backbone)
+    assert encoder.entity_only
+    batch = tokenize(tokenizer, demo.train[::37], demo.label_of).batch(range(22))
+    assert batch["attention_mask"].float().mean() < 0.95  # some padding, so the mask matters
+    target = torch.randn(22, encoder.out_dim)
+
+    def gradients(states):
+        backbone.zero_grad()
+        (states * target).sum().backward()
+        return {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}
+
+    ours, reference = encoder(**batch), hf_entity_states(backbone, batch)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    mine, theirs = gradients(encoder(**batch)), gradients(hf_entity_states(backbone, batch))
+    assert mine.keys() == theirs.keys() and len(mine) > 0
+    scale = max(g.abs().max() for g in theirs.values())  # the key bias's gradient is 0 up to rounding
+    for name in theirs:
+        torch.testing.assert_close(mine[name] / scale, theirs[name] / scale, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_cached_frozen_layers_give_the_logits_of_the_full_model(tiny, demo):
     from cml.encoder import frozen_states
 
@@ -74,7 +109,7 @@ def test_cached_frozen_layers_give_the_logits_of_the_full_model(tiny, demo):
     batch = split.batch(list(range(0, 40, 3)))
     cached = frozen.eval()(**batch)
     uncached = frozen(**{k: v for k, v in batch.items() if k != "hidden"})
-    reference = full.eval()(**batch)  # Hugging Face's own forward of the whole model
+    reference = hf_entity_states(full.backbone.eval(), batch)
     torch.testing.assert_close(uncached, reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cached, reference, atol=2e-2, rtol=1e-2)  # fp16 storage
     assert all(not p.requires_grad for p in full.backbone.embeddings.parameters())
@@ -82,3 +117,28 @@ def test_cached_frozen_layers_give_the_logits_of_the_full_model(tiny, demo):
     frozen.train()
     assert not full.backbone.embeddings.training and full.backbone.encoder.layer[1].training
     full.backbone.requires_grad_(True)
+
+
+def test_length_grouped_batches_cover_every_index_once_with_little_padding(tiny, demo):
+    tokenizer, _ = tiny
+    split = tokenize(tokenizer, demo.train, demo.label_of)
+    indices = torch.arange(0, len(split), 2)  # 400 examples
+
+    def padding(batches):
+        slots = sum(len(b) * int(split.lengths[b].max()) for b in batches)
+        return 1 - sum(int(split.lengths[b].sum()) for b in batches) / slots
+
+    torch.manual_seed(0)
+    grouped = split.length_grouped(indices, batch_size=16, window=50)
+    torch.manual_seed(0)
+    again = split.length_grouped(indices, batch_size=16, window=50)
+    torch.manual_seed(0)
+    shuffled = split.length_grouped(indices, batch_size=16, window=1)
+    for batches in (grouped, shuffled):
+        assert sorted(torch.cat(batches).tolist()) == indices.tolist()
+        assert sorted(len(b) for b in batches) == [16] * 25
+    assert all(torch.equal(a, b) for a, b in zip(grouped, again))
+    assert padding(grouped) < 0.05 and padding(shuffled) > 0.15
+    # the batches still come in random order, not shortest first
+    longest = [int(split.lengths[b].max()) for b in grouped]
+    assert longest != sorted(longest)

@@ -125,6 +125,15 @@ def test_resume_with_a_different_config_touches_nothing(tmp_path, capsys):
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
 
 
+def test_a_run_resumes_only_in_the_precision_it_ran_in(tmp_path, capsys):
+    config = small_config(tmp_path / "run", methods=("finetune",), orders=1)
+    config.train.precision = "fp32"
+    run(config, build_experiment(config), progress=False)
+    assert main(["--resume", str(tmp_path / "run"), "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert "train.precision='fp32'" in err and "train.precision='bf16'" in err
+
+
 def test_an_existing_run_is_not_overwritten(tmp_path, capsys):
     config = small_config(tmp_path / "run", methods=("finetune",), orders=1)
     run(config, build_experiment(config), progress=False)
@@ -137,3 +146,25 @@ def test_non_writable_output_directory(tmp_path, capsys):
     blocker.write_text("not a directory")
     assert main(["--output", str(blocker / "run"), "--encoder", "tiny"]) == 2
     assert "output directory is not writable" in capsys.readouterr().err
+
+
+def test_rows_count_training_examples_and_the_report_says_where_time_went(tmp_path):
+    config = small_config(tmp_path / "run", methods=("finetune", "replay"), orders=1)
+    experiment = build_experiment(config)
+    report = run(config, experiment, progress=False)
+    rows = {(r["method"], r["task"]): r for r in rows_without_time(tmp_path / "run")}
+    per_relation = config.data.max_per_relation
+    tasks = experiment.orders[0].tasks
+    memory = 0
+    for k, task in enumerate(tasks):
+        assert rows[("finetune", k)]["train_examples"] == config.train.epochs * per_relation * len(task)
+        assert rows[("replay", k)]["train_examples"] == config.train.epochs * (per_relation * len(task) + memory)
+        memory += config.train.memory_size * len(task)
+    timings = report["timings"]
+    total = sum(r["train_examples"] for r in rows.values())
+    assert timings["train forward+backward"]["examples"] == total
+    assert timings["evaluation forward"]["examples"] == sum(sum(r["task_size"]) for r in rows.values())
+    assert all(t["seconds"] >= 0 for t in timings.values())
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## Where the time went" in md and "| train forward+backward |" in md
+    assert report["config"]["train"]["precision"] in ("bf16", "fp32")  # resolved, never "auto"
