@@ -2,7 +2,7 @@
 
 bf16 autocast (fp32 master weights, bf16 matrix products) is the default wherever the hardware
 multiplies bf16 natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX, where it
-doubles the training speed of MiniLM. Elsewhere `auto` means fp32, because emulated bf16 is
+trains MiniLM 1.9x faster. Elsewhere `auto` means fp32, because emulated bf16 is
 slower than fp32. The precision a run used is stored in its config.yaml as `bf16` or `fp32`, so
 resuming it on a machine that would choose differently is refused rather than mixing the two.
 """

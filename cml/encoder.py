@@ -228,8 +228,16 @@ def bert_style(backbone: nn.Module) -> bool:
     layers = getattr(getattr(backbone, "encoder", None), "layer", None)
     if not hasattr(backbone, "embeddings") or not layers:
         return False
-    parts = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.self.attention_head_size")
-    return all(_has(layers[-1], p) for p in (*parts, "attention.output", "intermediate", "output"))
+    parts = (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.self.attention_head_size",
+        "attention.output",
+        "intermediate",
+        "output",
+    )
+    return all(_has(layers[-1], part) for part in parts)
 
 
 def _has(module: nn.Module, dotted: str) -> bool:
