@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from cml.config import CHOICES, RunConfig, load_config
+from cml.config import CHOICES, LossConfig, RunConfig, load_config
 from cml.errors import CMLInputError
 
 # flag destination -> (config section, field); "" is the top level
@@ -14,14 +15,26 @@ FLAGS = {
     "dataset": ("data", "dataset"),
     "data_dir": ("data", "data_dir"),
     "orders": ("data", "orders"),
+    "order_protocol": ("data", "order_protocol"),
+    "eval_split": ("data", "eval_split"),
     "tasks": ("data", "n_tasks"),
     "task_split": ("data", "task_split"),
     "max_per_relation": ("data", "max_per_relation"),
     "encoder": ("encoder", "name"),
     "max_length": ("encoder", "max_length"),
     "freeze_layers": ("encoder", "freeze_layers"),
+    "marker_init": ("encoder", "marker_init"),
     "method": ("train", "methods"),
     "epochs": ("train", "epochs"),
+    "consolidate_epochs": ("train", "consolidate_epochs"),
+    "lr": ("train", "lr"),
+    "head_lr": ("train", "head_lr"),
+    "projection_lr": ("train", "projection_lr"),
+    "classifier": ("train", "classifier"),
+    "alpha": ("train", "alpha"),
+    "beta": ("train", "beta"),
+    "augment": ("train", "augment"),
+    "augment_max_length": ("train", "augment_max_length"),
     "batch_size": ("train", "batch_size"),
     "memory_size": ("train", "memory_size"),
     "head": ("train", "head"),
@@ -35,6 +48,7 @@ FLAGS = {
     "direction": ("cml", "direction"),
     "meta_eps": ("cml", "meta_eps"),
     "meta_schedule": ("cml", "meta_schedule"),
+    "difficulty": ("cml", "difficulty"),
     "nas_method": ("search", "method"),
     "relaxation": ("search", "relaxation"),
     "search_task": ("search", "task"),
@@ -43,6 +57,8 @@ FLAGS = {
     "output": ("", "output"),
     "seed": ("", "seed"),
     "device": ("", "device"),
+    # every loss weight and constant: --loss-<field>
+    **{f"loss_{f.name}": ("loss", f.name) for f in dataclasses.fields(LossConfig)},
 }
 
 
@@ -57,6 +73,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks", type=int, help="number of tasks (default: the dataset's task_orders.json, else 10; demo 5)"
     )
+    p.add_argument(
+        "--order-protocol",
+        choices=CHOICES["order_protocol"],
+        help="where orders come from: file (task_orders.json), random (seeds 2021 + 100 i) or cyclic (shifts of "
+        "one random split, as the CML paper); default: file when the dataset has one, else random",
+    )
+    p.add_argument(
+        "--eval-split",
+        choices=CHOICES["eval_split"],
+        help="split the results are measured on: test (default), or val to choose settings",
+    )
     p.add_argument("--task-split", choices=CHOICES["task_split"], help="how relations are cut into tasks")
     p.add_argument("--max-per-relation", type=int, help="cap on training examples per relation, for quick runs")
     p.add_argument("--encoder", help="minilm (offline default), tiny (random, for tests), a local path or a hub id")
@@ -64,10 +91,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method", type=lambda s: [m.strip() for m in s.split(",") if m.strip()], help="comma list of methods"
     )
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="epochs of the learn stage (default 2)")
+    p.add_argument("--consolidate-epochs", type=int, help="epochs of the consolidation stage (default 10)")
+    p.add_argument("--lr", type=float, help="learning rate of the encoder (default 5e-5)")
+    p.add_argument("--projection-lr", type=float, help="learning rate of the h and z projections (default: --lr)")
+    p.add_argument("--head-lr", type=float, help="learning rate of the classifier (default 1e-3)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--memory-size", type=int, help="memory examples per relation (default 10)")
-    p.add_argument("--head", help="linear (default), mlp, or a genotype.json written by --search-head")
+    p.add_argument(
+        "--head", help="projection (default: Linear-GELU-LayerNorm), linear, mlp, or a genotype.json of --search-head"
+    )
+    p.add_argument(
+        "--classifier",
+        choices=CHOICES["classifier"],
+        help="test-time classifier for every method: linear, ncm (nearest prototype), ensemble; auto (default): "
+        "each method's own",
+    )
+    p.add_argument("--alpha", type=float, help="ensemble weight of the linear head (default 0.5)")
+    p.add_argument("--beta", type=float, help="prototype weight of the dynamic (memory) mean (default 0.5)")
+    p.add_argument(
+        "--augment",
+        choices=CHOICES["augment"],
+        help="memory augmentation of cear and cml: none, swap (entity swap) or full (swap + concatenation, default)",
+    )
+    p.add_argument("--augment-max-length", type=int, help="word pieces of a concatenated sentence at most (default 256)")
+    p.add_argument("--marker-init", choices=CHOICES["marker_init"], help="entity-marker embeddings: punct (default) or random")
     p.add_argument(
         "--curriculum-order",
         action="store_true",
@@ -80,8 +128,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pacing", choices=CHOICES["pacing"], help="curriculum pacing (default linear)")
     p.add_argument("--start-fraction", type=float, help="fraction of the memory available at the first step")
     p.add_argument("--direction", choices=CHOICES["direction"], help="curriculum direction")
-    p.add_argument("--meta-eps", type=float, help="Reptile step size (default 0.5)")
+    p.add_argument("--meta-eps", type=float, help="Reptile step size (default: the method's own, 0.5 for cml-2021 as published, 0.9 for cml)")
     p.add_argument("--meta-schedule", choices=CHOICES["meta_schedule"], help="Reptile step-size schedule")
+    p.add_argument(
+        "--difficulty", choices=CHOICES["difficulty"], help="what orders the curriculum: types (default) or prototypes"
+    )
+    for f in dataclasses.fields(LossConfig):
+        p.add_argument(f"--loss-{f.name.replace('_', '-')}", type=int if f.type == "int" else float, help=f"{f.metadata['help']} (default {f.default})")
     p.add_argument(
         "--search-head",
         action="store_true",
@@ -128,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         from cml.experiment import build_experiment
+        from cml.report import pm
         from cml.runner import prepare_run_dir, run
 
         config = config_from_args(args)
@@ -142,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run(config, experiment, resume=bool(args.resume))
         print(f"report: {Path(config.output) / 'report.md'}")
         for name, m in report["methods"].items():
-            w = m["final_whole_accuracy"]
-            print(f"  {name}: final whole accuracy {100 * w['mean']:.1f} ± {100 * w['error_bound']:.1f}")
+            print(f"  {name}: final whole accuracy {pm(m['final_whole_accuracy'])}")
     except CMLInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

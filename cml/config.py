@@ -1,6 +1,6 @@
 """Run configuration: dataclasses, loaded from YAML and overridden by command-line flags.
 
-A config file mirrors these sections (`data:`, `encoder:`, `train:`, `cml:`) plus the top-level run
+A config file mirrors these sections (`data:`, `encoder:`, `train:`, `cml:`, `loss:`, `search:`) plus the top-level run
 fields; an unknown key is an error that names the file, so a typo never passes silently.
 """
 
@@ -24,7 +24,9 @@ class DataConfig:
     n_tasks: int | None = None  # default: the dataset's task_orders.json, else 10 (demo: 5)
     task_split: str = "random"  # random (seeds 2021 + 100 i) or clustered
     orders: int = 5
+    order_protocol: str | None = None  # file (task_orders.json), random or cyclic; default: file when there is one
     curriculum_orders: bool = False  # also run order 0's tasks sorted easy to hard and hard to easy
+    eval_split: str = "test"  # test, or val to choose settings without looking at the test set
 
 
 @dataclass
@@ -32,20 +34,28 @@ class EncoderConfig:
     name: str = "minilm"  # minilm (offline all-MiniLM-L6-v2), tiny (random, tests), a path or a hub id
     max_length: int = 128
     freeze_layers: int = 0  # freeze the embeddings and this many bottom layers (0: train everything)
+    marker_init: str = "punct"  # entity-marker embeddings: punct ([E11]/[E12] from '@', [E21]/[E22] from '#') or random
 
 
 @dataclass
 class TrainConfig:
     methods: list[str] = field(default_factory=lambda: ["finetune", "replay", "joint"])
-    epochs: int = 2
+    epochs: int = 2  # of the learn stage
+    consolidate_epochs: int = 10  # of the consolidation stage (crl, cear, cml)
     batch_size: int = 16
     eval_batch_size: int | None = None  # default: 128 on a CPU, 1024 on a GPU
     length_window: int = 50  # training batches are sorted by length within windows of this many (1: no sorting)
     precision: str = "auto"  # bf16 (autocast), fp32, or auto: bf16 where the hardware has it (cml/device.py)
-    lr: float = 5e-5
-    head_lr: float = 1e-3
+    lr: float = 5e-5  # the encoder
+    projection_lr: float | None = None  # the h and z projections (default: lr, as CEAR)
+    head_lr: float = 1e-3  # the classifier
     memory_size: int = 10  # examples kept per relation
-    head: str = "linear"  # linear, mlp, or a genotype.json written by the head search
+    head: str = "projection"  # projection (Linear-GELU-LayerNorm), linear, mlp, or a genotype.json of the head search
+    classifier: str = "auto"  # auto (each method's own), linear, ncm or ensemble
+    alpha: float = 0.5  # ensemble: alpha P_linear + (1 - alpha) P_ncm
+    beta: float = 0.5  # prototypes: (1 - beta) static mean + beta dynamic (memory) mean
+    augment: str = "full"  # memory augmentation of the methods that augment: none, swap or full (swap + concatenation)
+    augment_max_length: int = 256  # word pieces of a concatenated sentence at most
 
 
 @dataclass
@@ -59,8 +69,29 @@ class CMLConfig:
     pacing: str = "linear"  # linear, root or step
     start_fraction: float = 0.25
     direction: str = "easy_first"  # easy_first or hard_first
-    meta_eps: float = 0.5  # Reptile step size
+    meta_eps: float | None = None  # Reptile step size; None: the method's own (cml/methods.py)
     meta_schedule: str = "fixed"  # fixed, linear (eps (1 - k/K)) or sqrt (eps sqrt(1 - k/K))
+    difficulty: str = "types"  # what orders the curriculum: types (the relation space) or prototypes (cosine)
+
+
+@dataclass
+class LossConfig:
+    """The weight of every loss term (0 switches it off) and the terms' constants. Which terms a
+    stage uses is part of its method (cml/methods.py)."""
+
+    ce: float = field(default=1.0, metadata={"help": "cross-entropy over the seen relations"})
+    supcon: float = field(default=1.0, metadata={"help": "supervised contrastive loss against a feature bank (CRL)"})
+    proto: float = field(default=1.0, metadata={"help": "InfoNCE against the relation prototypes (CEAR)"})
+    margin: float = field(default=0.5, metadata={"help": "hard-negative prototype margin loss (CEAR's mu)"})
+    rkd: float = field(default=1.0, metadata={"help": "relational distillation, no teacher pass (CRL)"})
+    fkd: float = field(default=1.1, metadata={"help": "focal distillation of the linear head (CEAR's lambda2)"})
+    fkd_z: float = field(default=0.5, metadata={"help": "focal distillation of the prototype scores (CEAR's lambda1)"})
+    margin_value: float = field(default=0.1, metadata={"help": "the margin omega"})
+    tau: float = field(default=0.1, metadata={"help": "temperature tau1 of the contrastive terms and the ensemble"})
+    analogy_tau: float = field(default=0.5, metadata={"help": "temperature tau2 of the analogy weights"})
+    kappa: float = field(default=10.0, metadata={"help": "temperature factor of relational distillation"})
+    gamma: float = field(default=1.25, metadata={"help": "focusing exponent of focal distillation"})
+    bank_sample: int = field(default=500, metadata={"help": "bank entries per step in CRL's first stage"})
 
 
 @dataclass
@@ -91,6 +122,7 @@ class RunConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cml: CMLConfig = field(default_factory=CMLConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     output: str = "runs/latest"
     seed: int = 2021
@@ -100,6 +132,11 @@ class RunConfig:
         """Every option with a fixed set of values, checked before anything runs."""
         for where, value, allowed in (
             ("data.task_split", self.data.task_split, CHOICES["task_split"]),
+            ("data.eval_split", self.data.eval_split, CHOICES["eval_split"]),
+            ("encoder.marker_init", self.encoder.marker_init, CHOICES["marker_init"]),
+            ("train.classifier", self.train.classifier, CHOICES["classifier"]),
+            ("train.augment", self.train.augment, CHOICES["augment"]),
+            ("cml.difficulty", self.cml.difficulty, CHOICES["difficulty"]),
             ("device", self.device, CHOICES["device"]),
             ("train.precision", self.train.precision, CHOICES["precision"]),
             ("cml.similarity", self.cml.similarity, CHOICES["similarity"]),
@@ -111,6 +148,11 @@ class RunConfig:
         ):
             if value not in allowed:
                 raise CMLInputError(f"{where} is {value!r}; use one of {', '.join(allowed)}", source)
+        if self.data.order_protocol is not None and self.data.order_protocol not in CHOICES["order_protocol"]:
+            raise CMLInputError(
+                f"data.order_protocol is {self.data.order_protocol!r}; use one of {', '.join(CHOICES['order_protocol'])}",
+                source,
+            )
         if self.cml.types not in ("auto", "dataset", "induced") and not Path(self.cml.types).is_file():
             raise CMLInputError(
                 f"cml.types is {self.cml.types!r}: not auto, dataset, induced, or an existing type map file", source
@@ -136,7 +178,13 @@ class RunConfig:
 
 CHOICES = {
     "task_split": ("random", "clustered"),
-    "head": ("linear", "mlp"),
+    "order_protocol": ("file", "random", "cyclic"),
+    "eval_split": ("test", "val"),
+    "marker_init": ("punct", "random"),
+    "head": ("projection", "linear", "mlp"),
+    "classifier": ("auto", "linear", "ncm", "ensemble"),
+    "augment": ("none", "swap", "full"),
+    "difficulty": ("types", "prototypes"),
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "bf16", "fp32"),
     "similarity": ("kl", "cosine"),
@@ -151,6 +199,7 @@ SECTIONS = {
     "encoder": EncoderConfig,
     "train": TrainConfig,
     "cml": CMLConfig,
+    "loss": LossConfig,
     "search": SearchConfig,
 }
 

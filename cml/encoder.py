@@ -6,6 +6,7 @@ is the concatenation of the final hidden states at `[E11]` and `[E21]` (METHOD.m
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from dataclasses import dataclass
@@ -46,8 +47,24 @@ def load_tokenizer(name: str = DEFAULT_ENCODER):
     return tokenizer
 
 
-def load_backbone(name: str, tokenizer, seed: int = 0) -> nn.Module:
-    """The BERT-family model for `name`; `tiny` is a small random BERT for tests."""
+MARKER_SOURCES = ("@", "@", "#", "#")  # `punct` start of [E11], [E12], [E21], [E22]
+
+
+def init_markers(model: nn.Module, tokenizer, how: str) -> None:
+    """Start the marker embeddings as punctuation the encoder already knows: [E11] and [E12] as
+    '@', [E21] and [E22] as '#' (the punctuation entity markers of Zhou and Chen, 2022), instead of
+    the random rows `resize_token_embeddings` draws (`random`)."""
+    if how == "random":
+        return
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for marker, source in zip(MARKERS, MARKER_SOURCES):
+            weight[tokenizer.convert_tokens_to_ids(marker)] = weight[tokenizer.convert_tokens_to_ids(source)]
+
+
+def load_backbone(name: str, tokenizer, seed: int = 0, marker_init: str = "random") -> nn.Module:
+    """The BERT-family model for `name` with embeddings for the markers; `tiny` is a small random
+    BERT for tests."""
     from transformers import AutoModel, BertConfig, BertModel
 
     if name == TINY:
@@ -61,7 +78,9 @@ def load_backbone(name: str, tokenizer, seed: int = 0) -> nn.Module:
         )
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return BertModel(config, add_pooling_layer=False)
+            model = BertModel(config, add_pooling_layer=False)
+        init_markers(model, tokenizer, marker_init)
+        return model
     source = minilm_path() if name == DEFAULT_ENCODER else name
     try:
         model = AutoModel.from_pretrained(source)
@@ -72,6 +91,7 @@ def load_backbone(name: str, tokenizer, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the new marker embeddings are drawn at random
         model.resize_token_embeddings(len(tokenizer))
+    init_markers(model, tokenizer, marker_init)
     return model
 
 
@@ -131,13 +151,20 @@ class EncodedSplit:
         ]
         return [batches[i] for i in torch.randperm(len(batches)).tolist()]
 
-    def map(self, indices: torch.Tensor, fn, batch_size: int, pad_id: int = 0) -> torch.Tensor:
+    def map(self, indices: torch.Tensor, fn, batch_size: int, pad_id: int = 0):
         """`fn(batch)` over the examples `indices`, in batches of similar length (little padding);
-        the rows of the result follow `indices`."""
+        the rows of the result follow `indices`. `fn` returns a tensor or a named tuple of tensors."""
         by_length = torch.argsort(self.lengths[indices], stable=True)
-        result = torch.cat([fn(self.batch(indices[chunk], pad_id)) for chunk in by_length.split(batch_size)])
-        result[by_length] = result.clone()
-        return result
+        parts = [fn(self.batch(indices[chunk], pad_id)) for chunk in by_length.split(batch_size)]
+
+        def in_order(chunks: list[torch.Tensor]) -> torch.Tensor:
+            result = torch.cat(chunks)
+            result[by_length] = result.clone()
+            return result
+
+        if isinstance(parts[0], tuple):
+            return type(parts[0])(*(in_order([p[i] for p in parts]) for i in range(len(parts[0]))))
+        return in_order(parts)
 
 
 def _marked_words(ex: RelationExample) -> list[str]:
@@ -352,8 +379,11 @@ def frozen_states(
     pad_id: int,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    precision=contextlib.nullcontext,
 ) -> torch.Tensor:
-    """fp16 outputs of the frozen bottom for every word piece of `split`, flat like `split.ids`."""
+    """fp16 outputs of the frozen bottom for every word piece of `split`, flat like `split.ids`.
+    `precision`: the context the layers run in (fp32 by default, exact for the disk cache; the
+    learner's bf16 autocast for the sentences it makes during a run, such as augmented memory)."""
     from tqdm import tqdm
 
     out = torch.empty(len(split.ids), encoder.backbone.config.hidden_size, dtype=torch.float16)
@@ -361,30 +391,31 @@ def frozen_states(
     encoder.eval()
     for chunk in tqdm(by_length.split(batch_size), desc=f"frozen layers 1-{encoder.frozen_layers}", leave=False):
         batch = split.batch(chunk, pad_id)
-        hidden = encoder.bottom(batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu()
+        with precision():
+            hidden = encoder.bottom(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
         mask = batch["attention_mask"].bool()
         rows = (split.offsets[chunk][:, None] + torch.arange(mask.shape[1])[None, :])[mask]
         out[rows] = hidden[mask].half()
     return out
 
 
-def build_encoder(name: str = DEFAULT_ENCODER, seed: int = 0, frozen_layers: int = 0):
+def build_encoder(name: str = DEFAULT_ENCODER, seed: int = 0, frozen_layers: int = 0, marker_init: str = "random"):
     """(tokenizer, RelationEncoder) for an encoder name, local path or hub id."""
     tokenizer = load_tokenizer(name)
-    return tokenizer, RelationEncoder(load_backbone(name, tokenizer, seed), frozen_layers)
+    return tokenizer, RelationEncoder(load_backbone(name, tokenizer, seed, marker_init), frozen_layers)
 
 
 def frozen_states_cached(
     encoder: RelationEncoder,
     name: str,
+    marker_init: str,
     split: EncodedSplit,
     pad_id: int,
     cache_dir: Path | None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """`frozen_states`, memoised on disk by (encoder, frozen layers, word pieces)."""
-    key = fingerprint(
-        name, encoder.frozen_layers, hashlib.sha1(split.ids.numpy().tobytes()).hexdigest(), split.offsets[-1]
-    )
+    """`frozen_states`, memoised on disk by (encoder, marker embeddings, frozen layers, word pieces)."""
+    ids = hashlib.sha1(split.ids.numpy().tobytes()).hexdigest()
+    key = fingerprint(name, marker_init, encoder.frozen_layers, ids, split.offsets[-1])
     path = Path(cache_dir) / f"frozen-{key}.pt" if cache_dir is not None else None
     return memo(path, lambda: frozen_states(encoder, split, pad_id, device=device))

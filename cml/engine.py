@@ -1,61 +1,76 @@
-"""The one continual-learning training loop. Methods are strategies that override its hooks.
+"""The one continual-learning loop: each task runs its method's stages, with hooks for plugins.
 
-Per task the engine calls, in order: `before_task`, `training_indices`, then for each epoch the
-batches from `batches` (one optimiser step each), `after_training`, `after_task`, and finally
-evaluates on the test sets of every relation seen so far (class-incremental).
+Per task the engine records the new relations, keeps the trainable weights at the start of the
+task where a part needs them (the meta step, the distillation teacher), then calls, in order:
+
+    before_task
+    for each stage of the method that runs on this task: before_stage, stage.run, after_stage
+    after_task
+    evaluation on every relation seen so far (class-incremental), then after_eval
+
+The method (`cml/methods.py`) is a declaration: its stages, classifier and plugins. Everything a
+task changes lives here: the model, the memory, the prototypes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+from torch.func import functional_call
 
-from cml.config import TrainConfig
+from cml.config import CMLConfig, RunConfig
+from cml.curriculum import CurriculumScheduler
 from cml.device import autocast, eval_batch_size, to_device
-from cml.encoder import EncodedSplit
+from cml.encoder import EncodedSplit, frozen_states
 from cml.memory import EpisodicMemory
-from cml.model import RelationModel
+from cml.model import Z_DIM, Output, RelationModel
+from cml.plugins import Plugin
+from cml.prototypes import Prototypes, predictions
+from cml.relations import RelationSpace
+from cml.stages import Bank, StageData
 from cml.timing import TRAIN_PHASE, PhaseTimer
 
 
 @dataclass
 class EncodedData:
-    """A dataset tokenised once; shared by every order and method of a run."""
+    """A dataset tokenised once; shared by every order and method of a run. `evaluation` is the
+    split results are measured on (test, or val for choosing settings)."""
 
     train: EncodedSplit
-    test: EncodedSplit
+    evaluation: EncodedSplit
     relations: list[str]
     pad_id: int = 0
+    markers: tuple[int, int, int, int] = (0, 0, 0, 0)  # ids of [E11], [E12], [E21], [E22]
 
     def __post_init__(self) -> None:
         self.label_of = {r: i for i, r in enumerate(self.relations)}
 
     def to(self, device: torch.device) -> EncodedData:
-        return EncodedData(self.train.to(device), self.test.to(device), self.relations, self.pad_id)
+        return EncodedData(self.train.to(device), self.evaluation.to(device), self.relations, self.pad_id, self.markers)
 
-    def _where(self, split: EncodedSplit, relations: list[str]) -> torch.Tensor:
-        labels = torch.tensor([self.label_of[r] for r in relations], dtype=torch.long)
-        return torch.isin(split.labels, labels).nonzero().flatten()
+    def ids(self, relations: list[str]) -> torch.Tensor:
+        return torch.tensor([self.label_of[r] for r in relations], dtype=torch.long)
 
     def train_indices(self, relations: list[str]) -> torch.Tensor:
-        return self._where(self.train, relations)
+        return torch.isin(self.train.labels, self.ids(relations)).nonzero().flatten()
 
-    def test_indices(self, relations: list[str]) -> torch.Tensor:
-        return self._where(self.test, relations)
+    def evaluation_indices(self, relations: list[str]) -> torch.Tensor:
+        return torch.isin(self.evaluation.labels, self.ids(relations)).nonzero().flatten()
 
 
 @dataclass
 class TaskResult:
-    """What evaluation after one task records."""
+    """What evaluation after one task records, for the method's classifier."""
 
     task_accuracy: list[float]  # a[k][j] for the tasks j <= k, in arrival order
     task_size: list[int]  # n_j
     relation_accuracy: dict[str, float] = field(default_factory=dict)
+    old_accuracy: float | None = None  # over the relations of earlier tasks (None on the first task)
+    new_accuracy: float = 0.0  # over the relations of this task
+    classifiers: dict[str, dict[str, float | None]] = field(default_factory=dict)  # every classifier: whole/old/new
 
     @property
     def whole_accuracy(self) -> float:
@@ -63,23 +78,13 @@ class TaskResult:
         return sum(a * n for a, n in zip(self.task_accuracy, self.task_size)) / sum(self.task_size)
 
 
-class Strategy:
-    """A method: the default hooks train on the current task's data alone (finetune)."""
+@dataclass
+class MethodContext:
+    """What methods need beyond the engine: relation similarities, CML's options, the order's length."""
 
-    def before_task(self, engine: Engine) -> None:
-        pass
-
-    def training_indices(self, engine: Engine) -> torch.Tensor:
-        return engine.data.train_indices(engine.current)
-
-    def batches(self, engine: Engine, indices: torch.Tensor, epoch: int) -> Iterator[torch.Tensor]:
-        yield from engine.length_grouped(indices)
-
-    def after_training(self, engine: Engine) -> None:
-        pass
-
-    def after_task(self, engine: Engine) -> None:
-        pass
+    space: RelationSpace
+    options: CMLConfig
+    n_tasks: int
 
 
 class Engine:
@@ -87,122 +92,235 @@ class Engine:
         self,
         model: RelationModel,
         data: EncodedData,
-        config: TrainConfig,
-        strategy: Strategy,
+        config: RunConfig,
+        method,  # cml.methods.Method
+        context: MethodContext,
         device: torch.device,
-        seed: int = 0,
         progress: bool = True,
         timer: PhaseTimer | None = None,
+        plugins: tuple[Plugin, ...] = (),
     ):
-        """`config.precision` must be resolved (bf16 or fp32); `data` is best already on `device`."""
+        """`config.train.precision` must be resolved (bf16 or fp32); `data` is best already on `device`."""
         self.model = model.to(device)
-        self.data, self.config, self.strategy = data, config, strategy
-        self.device, self.seed, self.progress = device, seed, progress
+        self.data, self.config, self.method, self.context = data, config, method, context
+        self.device, self.progress = device, progress
+        self.seed = 0  # the runner sets each task's seed before the task runs
         self.timer = timer or PhaseTimer()
+        self.plugins = [*method.plugins, *plugins]
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.eval_batch_size = eval_batch_size(config.eval_batch_size, device)
+        self.eval_batch_size = eval_batch_size(config.train.eval_batch_size, device)
         self.memory = EpisodicMemory()
+        self.prototypes = Prototypes.empty(len(data.relations), {"h": model.head.out_dim, "z": Z_DIM})
         self.tasks: list[list[str]] = []  # tasks seen, in arrival order
         self.seen = torch.zeros(len(data.relations), dtype=torch.bool, device=device)
+        self.start: dict[str, torch.Tensor] = {}  # trainable weights at the start of the task, where needed
 
+    # --- what the stages and plugins read -------------------------------------------------------
     @property
     def current(self) -> list[str]:
         return self.tasks[-1]
 
+    @property
+    def seen_relations(self) -> list[str]:
+        return [r for task in self.tasks for r in task]
+
+    @property
+    def current_ids(self) -> torch.Tensor:
+        return self.data.ids(self.current)
+
+    @property
+    def seen_ids(self) -> torch.Tensor:
+        return self.data.ids(self.seen_relations)
+
+    @property
+    def old_ids(self) -> torch.Tensor:
+        """Ids of the relations of earlier tasks, on the device (they index logits)."""
+        return self.data.ids([r for task in self.tasks[:-1] for r in task]).to(self.device)
+
+    @property
+    def beta(self) -> float:
+        return self.config.train.beta if self.method.beta is None else self.method.beta
+
+    @property
+    def classifier(self) -> str:
+        chosen = self.config.train.classifier
+        return self.method.classifier if chosen == "auto" else chosen
+
     def autocast(self):
-        return autocast(self.device, self.config.precision)
+        return autocast(self.device, self.config.train.precision)
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: to_device(v, self.device) for k, v in batch.items()}
 
-    def length_grouped(self, indices: torch.Tensor) -> list[torch.Tensor]:
-        """Training batches of `indices` in random order, each of sentences of similar length."""
-        return self.data.train.length_grouped(indices, self.config.batch_size, self.config.length_window)
-
     def optimizer(self) -> torch.optim.Optimizer:
-        """AdamW, fused: one kernel for all parameters, about 6x faster than the per-tensor loop on a CPU."""
-        encoder = [p for p in self.model.encoder.parameters() if p.requires_grad]
-        rest = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
-        return torch.optim.AdamW(
-            [{"params": encoder, "lr": self.config.lr}, {"params": rest, "lr": self.config.head_lr}], fused=True
-        )
+        """AdamW, fused (one kernel for all parameters, about 6x faster than the per-tensor loop on
+        a CPU): the encoder at `train.lr`, the h and z projections at `train.projection_lr`, the
+        classifier at `train.head_lr`."""
+        t = self.config.train
+        projection_lr = t.lr if t.projection_lr is None else t.projection_lr
+        rates = {"encoder": t.lr, "head": projection_lr, "projection": projection_lr, "classifier": t.head_lr}
+        groups: dict[str, list[nn.Parameter]] = {part: [] for part in rates}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                groups[name.split(".")[0]].append(p)
+        return torch.optim.AdamW([{"params": groups[g], "lr": rates[g]} for g in rates if groups[g]], fused=True)
 
-    def train_step(self, indices: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
+    @torch.no_grad()
+    def encode(
+        self, split: EncodedSplit, indices: torch.Tensor, phase: str, weights: dict[str, torch.Tensor] | None = None
+    ) -> Output:
+        """h, z and logits of the examples `indices` in eval mode, as float on the CPU; rows follow
+        `indices`. With `weights` (e.g. `self.start`, the distillation teacher) the same module runs
+        with those weights (`torch.func.functional_call`): no copy of the model is kept."""
+        self.model.eval()
+
+        def on_device(batch: dict[str, torch.Tensor]) -> Output:
+            batch = self.to_device(batch)
+            with self.autocast():
+                out = functional_call(self.model, weights, (batch, self.seen)) if weights else self.model(batch, self.seen)
+            return Output(*(t.float().cpu() for t in out))
+
+        with self.timer(phase, len(indices)):
+            return split.map(indices, on_device, self.eval_batch_size, self.data.pad_id)
+
+    def teacher(self, split: EncodedSplit, items: torch.Tensor) -> Output:
+        """The model from the start of the task on a stage's items, once for the whole stage: it is
+        frozen and runs without dropout, so its outputs are the same at every step."""
+        return Output(*(t.to(self.device) for t in self.encode(split, items, "teacher forward", self.start)))
+
+    def bank(self, split: EncodedSplit, items: torch.Tensor) -> Bank:
+        out = self.encode(split, items, "bank forward")
+        return Bank(out.z.to(self.device), split.labels[items].to(self.device))
+
+    def stage_prototypes(self, stage: str, whose: str) -> dict[str, torch.Tensor]:
+        """The prototypes a stage's losses read, fixed for the stage: mixed for the old relations,
+        static for the new ones (whose memory has no dynamic mean yet). `whose` ("seen" or "old")
+        says which relations must have one."""
+        needed = self.seen_ids if whose == "seen" else self.old_ids.cpu()
+        if not self.prototypes.covers(needed):
+            raise RuntimeError(f"stage {stage!r} uses losses that need prototypes of the {whose} relations, before they have them")
+        return {s: self.prototypes.mixed(s, self.beta).to(self.device) for s in ("h", "z")}
+
+    def with_frozen_states(self, split: EncodedSplit) -> EncodedSplit:
+        """`split` (new sentences, e.g. augmented memory) on the device, with its frozen-layer states."""
+        if self.model.encoder.frozen_layers > 0:
+            split.hidden = frozen_states(
+                self.model.encoder, split, self.data.pad_id, device=self.device, precision=self.autocast
+            )
+        return split.to(self.device)
+
+    def difficulty_of_items(self, labels: torch.Tensor) -> list[float]:
+        """Each item's relation's difficulty with respect to the current task (the other relations
+        of the task, for an item of the task itself), from the relation space or the prototypes."""
+        current = self.current
+        scores: dict[int, float] = {}
+        for rid in labels.unique().tolist():
+            r = self.data.relations[rid]
+            others = [c for c in current if c != r] or current
+            if self.context.options.difficulty == "prototypes":
+                p = nn.functional.normalize(self.prototypes.mixed("h", self.beta), dim=-1)
+                scores[rid] = float((p[self.data.ids(others)] @ p[rid]).max())
+            else:
+                scores[rid] = self.context.space.relation_difficulty(r, others)
+        return [scores[int(y)] for y in labels]
+
+    def curriculum(self, difficulty: list[float], batch_size: int, epoch: int) -> list[list[int]]:
+        """One epoch of CML's curriculum over items with these difficulties (positions in the list)."""
+        o = self.context.options
+        return list(CurriculumScheduler(difficulty, batch_size, o.pacing, o.start_fraction, o.direction, seed=self.seed + epoch))
+
+    # --- the loop ------------------------------------------------------------------------------
+    def train_step(
+        self,
+        data: StageData,
+        indices: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[Output, torch.Tensor, Output | None], torch.Tensor],
+    ) -> float:
         with self.timer("batch assembly"):
-            batch = self.to_device(self.data.train.batch(indices, self.data.pad_id))
+            batch = self.to_device(data.split.batch(indices, self.data.pad_id))
+            positions = data.position[indices].to(self.device)
+            teacher = Output(*(t[positions] for t in data.teacher)) if data.teacher is not None else None
         with self.timer(TRAIN_PHASE, len(indices)):
             with self.autocast():
-                logits = self.model(batch, self.seen)
-            loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
+                out = self.model(batch, self.seen)
+            loss = loss_fn(out, batch["labels"], teacher)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         with self.timer("optimizer step"):
             nn.utils.clip_grad_norm_(self.trainable, 1.0)
             optimizer.step()
+        if data.bank is not None:
+            data.bank.update(positions, out.z)
         return float(loss.detach())
 
     def run_task(self, relations: list[str]) -> TaskResult:
         self.tasks.append(list(relations))
-        self.seen[[self.data.label_of[r] for r in relations]] = True
-        s = self.strategy
-        s.before_task(self)
-        indices = s.training_indices(self)
-        optimizer = self.optimizer()
-        self.model.train()
-        for epoch in range(self.config.epochs):
-            with self.timer("batch planning"):
-                batches = list(s.batches(self, indices, epoch))
-            bar = tqdm(
-                batches,
-                desc=f"    epoch {epoch + 1}/{self.config.epochs}",
-                leave=False,
-                disable=not self.progress,
-            )
-            for batch in bar:
-                bar.set_postfix(loss=f"{self.train_step(batch, optimizer):.3f}", refresh=False)
-        with self.timer("after training (Reptile)"):
-            s.after_training(self)
-        s.after_task(self)
-        return self.evaluate()
-
-    @torch.no_grad()
-    def _apply(self, split: EncodedSplit, indices: torch.Tensor, fn, phase: str) -> torch.Tensor:
-        """`fn` over the examples `indices` in eval mode; rows follow `indices`."""
-        self.model.eval()
-
-        def on_device(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            with self.autocast():
-                return fn(self.to_device(batch)).float().cpu()
-
-        with self.timer(phase, len(indices)):
-            return split.map(indices, on_device, self.eval_batch_size, self.data.pad_id)
-
-    def features(self, indices: torch.Tensor) -> np.ndarray:
-        """Relation representations of training examples, in the order of `indices`."""
-        return self._apply(self.data.train, indices, self.model.features, "memory forward").numpy()
+        self.seen[self.current_ids.to(self.device)] = True
+        self.start = (
+            {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+            if self.method.needs_start
+            else {}
+        )
+        for plugin in self.plugins:
+            plugin.before_task(self)
+        for stage in self.method.stages:
+            if not stage.runs(self):
+                continue
+            for plugin in self.plugins:
+                plugin.before_stage(self, stage)
+            stage.run(self)
+            for plugin in self.plugins:
+                plugin.after_stage(self, stage)
+        for plugin in self.plugins:
+            plugin.after_task(self)
+        self.start = {}
+        result = self.evaluate()
+        for plugin in self.plugins:
+            plugin.after_eval(self, result)
+        return result
 
     def evaluate(self) -> TaskResult:
-        relations = [r for task in self.tasks for r in task]
-        indices = self.data.test_indices(relations)
-        logits = self._apply(self.data.test, indices, lambda b: self.model(b, self.seen), "evaluation forward")
-        labels = self.data.test.labels[indices]
-        correct = (logits.argmax(-1) == labels).float()
-        per_relation = {}
-        for r in relations:
-            mask = labels == self.data.label_of[r]
-            per_relation[r] = round(float(correct[mask].mean()), 6)
+        relations = self.seen_relations
+        split = self.data.evaluation
+        indices = self.data.evaluation_indices(relations)
+        out = self.encode(split, indices, "evaluation forward")
+        labels = split.labels[indices]
+        seen = self.seen.cpu()
+        prototypes = (
+            self.prototypes.mixed(self.method.ncm.space, self.beta) if self.prototypes.covers(self.seen_ids) else None
+        )
+        cfg = self.config
+        preds = predictions(out, seen, prototypes, self.method.ncm, cfg.train.alpha, cfg.loss.tau)
+        is_new = torch.isin(labels, self.current_ids)
+        rate = lambda correct, mask: round(float(correct[mask].float().mean()), 6) if mask.any() else None
+        classifiers = {
+            kind: {"whole": rate(p == labels, labels >= 0), "old": rate(p == labels, ~is_new), "new": rate(p == labels, is_new)}
+            for kind, p in preds.items()
+        }
+        correct = preds[self.classifier] == labels
+        per_relation = {r: rate(correct, labels == self.data.label_of[r]) for r in relations}
         task_acc, task_size = [], []
         for task in self.tasks:
-            mask = torch.isin(labels, torch.tensor([self.data.label_of[r] for r in task]))
-            task_acc.append(round(float(correct[mask].mean()), 6))
+            mask = torch.isin(labels, self.data.ids(task))
+            task_acc.append(rate(correct, mask))
             task_size.append(int(mask.sum()))
-        return TaskResult(task_acc, task_size, per_relation)
+        return TaskResult(
+            task_acc, task_size, per_relation, rate(correct, ~is_new), rate(correct, is_new), classifiers
+        )
 
+    # --- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """What a checkpoint needs: the weights that train (frozen ones never change), memory, tasks."""
+        """What a checkpoint needs: the weights that train (frozen ones never change), memory,
+        prototypes and the tasks seen."""
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
         weights = {n: t for n, t in self.model.state_dict().items() if n in trainable}
-        return {"model": weights, "memory": self.memory.state_dict(), "tasks": self.tasks}
+        return {
+            "model": weights,
+            "memory": self.memory.state_dict(),
+            "prototypes": self.prototypes.state_dict(),
+            "tasks": self.tasks,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore onto a model holding the run's initial weights."""
@@ -211,6 +329,7 @@ class Engine:
             raise KeyError(f"checkpoint holds weights the model lacks: {sorted(missing)[:3]}")
         self.model.load_state_dict(state["model"], strict=False)
         self.memory.load_state_dict(state["memory"])
+        self.prototypes.load_state_dict(state["prototypes"])
         self.tasks = [list(t) for t in state["tasks"]]
         self.seen.zero_()
-        self.seen[[self.data.label_of[r] for t in self.tasks for r in t]] = True
+        self.seen[self.seen_ids.to(self.device)] = True

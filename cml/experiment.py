@@ -12,7 +12,7 @@ import numpy as np
 from cml.config import RunConfig
 from cml.data import DEFAULT_ROOT, RelationDataset, load_dataset
 from cml.relations import RelationSpace
-from cml.tasks import TaskOrder, make_orders
+from cml.tasks import TaskOrder, make_orders, resolve_protocol
 
 DEFAULT_TASKS = {"demo": 5}
 
@@ -63,7 +63,7 @@ def relation_space(config: RunConfig, dataset: RelationDataset) -> tuple[Relatio
 
         def induce():
             tokenizer = load_tokenizer(config.encoder.name)
-            backbone = load_backbone(config.encoder.name, tokenizer, config.seed)
+            backbone = load_backbone(config.encoder.name, tokenizer, config.seed, config.encoder.marker_init)
             return rel.induced_types(dataset, tokenizer, backbone, config.cml.n_types, config.seed)
 
         key = fingerprint(config.encoder.name, config.cml.n_types, config.seed, dataset.train)
@@ -87,11 +87,11 @@ def curriculum_orders(space: RelationSpace, base: TaskOrder) -> list[TaskOrder]:
 def build_experiment(config: RunConfig) -> Experiment:
     data = config.data
     dataset = load_dataset(data.dataset, data.data_dir, seed=config.seed).cap_train(data.max_per_relation)
-    n_tasks = data.n_tasks or (
-        len(dataset.task_orders[0]) if dataset.task_orders else DEFAULT_TASKS.get(dataset.name, 10)
-    )
+    protocol = resolve_protocol(dataset, data.order_protocol, data.task_split)
+    from_file = len(dataset.task_orders[0]) if protocol == "file" else None
+    n_tasks = data.n_tasks or from_file or DEFAULT_TASKS.get(dataset.name, 10)
     space, type_source = relation_space(config, dataset)
-    orders = make_orders(dataset, data.orders, n_tasks, data.task_split, space.vectors)
+    orders = make_orders(dataset, data.orders, n_tasks, data.task_split, space.vectors, protocol)
     if data.curriculum_orders:
         orders += curriculum_orders(space, orders[0])
     return Experiment(dataset, orders, space, type_source)

@@ -1,22 +1,36 @@
-"""Encoder + head + classifier over every relation of the dataset, masked to the relations seen.
+"""Encoder -> relation representation h -> linear classifier, and h -> contrastive projection z.
 
-Masking the logits of relations not yet seen is the class-incremental classifier that grows as
-relations arrive: an unseen relation gets probability zero and so no gradient, exactly as if its
-row did not exist, while parameter shapes stay fixed for checkpoints and meta steps.
+    entity states [E11; E21] (2H) --head--> h (H) --classifier--> logits over every relation
+                                            h --projection--> z (64, unit length)
+
+h is what memory is selected on and what the prototypes of the linear-space methods live in; z
+is what the contrastive losses (CRL, CEAR) and the nearest-prototype part of the ensemble use.
+
+The classifier has a row for every relation of the dataset, masked to the relations seen so far:
+an unseen relation gets probability zero and so no gradient, exactly as if its row did not exist,
+while parameter shapes stay fixed for checkpoints and meta steps. It has no bias, as in CEAR and
+RP-CRE, so nothing but the features favours the newest relations.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from cml.encoder import RelationEncoder
 
+Z_DIM = 64  # width of the contrastive projection (CRL, CEAR)
+
 
 def make_head(kind: str, in_dim: int, width: int) -> nn.Module:
-    """The head on the entity states: `linear`, `mlp`, or the cell of a genotype file from the
-    head search. Every head says its output size in `out_dim`."""
-    if kind == "linear":
+    """The head from the entity states to h: `projection` (Linear-GELU-LayerNorm, the CRE default
+    of CEAR and RP-CRE), `linear`, `mlp`, or the cell of a genotype file from the head search.
+    Every head says its output size in `out_dim`."""
+    if kind == "projection":
+        head = nn.Sequential(nn.Linear(in_dim, width), nn.GELU(), nn.LayerNorm(width))
+    elif kind == "linear":
         head = nn.Linear(in_dim, width)
     elif kind == "mlp":
         head = nn.Sequential(nn.Linear(in_dim, width), nn.GELU(), nn.Dropout(0.1), nn.Linear(width, width))
@@ -29,17 +43,34 @@ def make_head(kind: str, in_dim: int, width: int) -> nn.Module:
     return head
 
 
+class Output(NamedTuple):
+    h: torch.Tensor  # [B, H] relation representation
+    z: torch.Tensor  # [B, Z_DIM] contrastive projection, unit length
+    logits: torch.Tensor  # [B, R] linear classifier; relations not yet seen are masked to the dtype's minimum
+
+
 class RelationModel(nn.Module):
-    def __init__(self, encoder: RelationEncoder, n_relations: int, head: str = "linear"):
+    def __init__(self, encoder: RelationEncoder, n_relations: int, head: str = "projection"):
         super().__init__()
         self.encoder = encoder
         self.head = make_head(head, encoder.out_dim, encoder.backbone.config.hidden_size)
-        self.classifier = nn.Linear(self.head.out_dim, n_relations)
+        width = self.head.out_dim
+        self.projection = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, Z_DIM))
+        self.classifier = nn.Linear(width, n_relations, bias=False)
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The relation representation the memory is selected on."""
+        """h, the relation representation the classifier and the prototypes read."""
         return self.head(self.encoder(**batch))
 
-    def forward(self, batch: dict[str, torch.Tensor], seen: torch.Tensor) -> torch.Tensor:
-        logits = self.classifier(self.features(batch))
-        return logits.masked_fill(~seen, torch.finfo(logits.dtype).min)
+    def forward(self, batch: dict[str, torch.Tensor], seen: torch.Tensor) -> Output:
+        h = self.features(batch)
+        z = nn.functional.normalize(self.projection(h).float(), dim=-1)
+        logits = self.classifier(h)
+        return Output(h, z, logits.masked_fill(~seen, torch.finfo(logits.dtype).min))
+
+    def reset_classifier(self, generator: torch.Generator) -> None:
+        """New random rows for every relation (CEAR re-creates its linear head every task)."""
+        bound = 1 / self.classifier.in_features**0.5
+        with torch.no_grad():
+            weight = torch.empty(self.classifier.weight.shape).uniform_(-bound, bound, generator=generator)
+            self.classifier.weight.copy_(weight)

@@ -12,6 +12,7 @@ import torch
 from cml import metrics
 from cml.config import RunConfig
 from cml.experiment import Experiment
+from cml.prototypes import CLASSIFIERS
 
 
 def accuracy_tensors(rows: dict, method: str, n_orders: int, n_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +61,13 @@ def method_report(rows: dict, method: str, experiment: Experiment) -> dict:
     forgetting = metrics.forgetting(acc) if K > 1 else torch.zeros(O, 0, dtype=torch.float64)
     tau = metrics.curriculumness(difficulty) if K > 1 else torch.zeros(O, dtype=torch.float64)
     sp = lambda v: dataclasses.asdict(metrics.spread(v))
+    stage_rows = [[rows[(method, o, k)] for o in range(O)] for k in range(K)]
+
+    def over_orders(values: list) -> dict | None:
+        """Spread over orders of one number per order (None where a row has none)."""
+        return None if any(v is None for v in values) else sp(torch.tensor(values, dtype=torch.float64))
+
+    classifiers = [c for c in CLASSIFIERS if all(c in r.get("classifiers", {}) for r in stage_rows[-1])]
     return {
         "accuracy_matrices": [[[None if math.isnan(x) else x for x in r] for r in m] for m in acc.tolist()],
         "task_sizes": n.tolist(),
@@ -69,6 +77,12 @@ def method_report(rows: dict, method: str, experiment: Experiment) -> dict:
         "whole_accuracy_per_stage": [sp(whole[:, k]) for k in range(K)],
         "average_accuracy_per_stage": [sp(average[:, k]) for k in range(K)],
         "final_whole_accuracy": sp(whole[:, -1]),
+        "old_accuracy_per_stage": [over_orders([r.get("old_accuracy") for r in stage]) for stage in stage_rows],
+        "new_accuracy_per_stage": [over_orders([r.get("new_accuracy") for r in stage]) for stage in stage_rows],
+        "final_by_classifier": {
+            kind: {part: over_orders([r["classifiers"][kind][part] for r in stage_rows[-1]]) for part in ("whole", "old", "new")}
+            for kind in classifiers
+        },
         "final_average_accuracy": sp(average[:, -1]),
         "forgetting": sp(metrics.average_forgetting(acc)) if K > 1 else None,
         "forgetting_per_task": forgetting.tolist(),
@@ -90,7 +104,8 @@ def method_report(rows: dict, method: str, experiment: Experiment) -> dict:
     }
 
 
-def _pm(s: dict | None, scale: float = 100) -> str:
+def pm(s: dict | None, scale: float = 100) -> str:
+    """mean ± error bound in %; no bound where there is one order."""
     if s is None:
         return "-"
     bound = "" if math.isnan(s["error_bound"]) else f" ± {scale * s['error_bound']:.1f}"
@@ -116,20 +131,39 @@ def markdown(report: dict) -> str:
     for name, m in report["methods"].items():
         w = m["final_whole_accuracy"]
         lines.append(
-            f"| {name} | {_pm(w)} | {100 * w['std']:.1f} | {100 * w['min']:.1f}–{100 * w['max']:.1f} | "
-            f"{_pm(m['final_average_accuracy'])} | {_pm(m['forgetting'])} | {_pm(m['average_forgetting_rate'])} | "
-            f"{_pm(m['backward_transfer'])} | {100 * m['order_sensitivity']['mean']:.1f} | {m['seconds']:.0f} | "
+            f"| {name} | {pm(w)} | {100 * w['std']:.1f} | {100 * w['min']:.1f}–{100 * w['max']:.1f} | "
+            f"{pm(m['final_average_accuracy'])} | {pm(m['forgetting'])} | {pm(m['average_forgetting_rate'])} | "
+            f"{pm(m['backward_transfer'])} | {100 * m['order_sensitivity']['mean']:.1f} | {m['seconds']:.0f} | "
             f"{m['train_examples'] / max(m['seconds'], 1e-9):.0f} |"
         )
+    lines += [
+        "",
+        "## Classifiers",
+        "",
+        "Final accuracy of each test-time classifier on the same features: whole, old relations (earlier tasks), "
+        "new relations (the last task). The method's own classifier gives the numbers above.",
+        "",
+        "| method | classifier | final W | old | new |",
+        "|---|---|---|---|---|",
+    ]
     for name, m in report["methods"].items():
-        lines += ["", f"## {name}", "", "| stage | W_k | A_k |", "|---|---|---|"]
-        for k, (w, a) in enumerate(zip(m["whole_accuracy_per_stage"], m["average_accuracy_per_stage"])):
-            lines.append(f"| {k + 1} | {_pm(w)} | {_pm(a)} |")
+        for kind, parts in m["final_by_classifier"].items():
+            lines.append(f"| {name} | {kind} | {pm(parts['whole'])} | {pm(parts['old'])} | {pm(parts['new'])} |")
+    for name, m in report["methods"].items():
+        lines += ["", f"## {name}", "", "| stage | W_k | A_k | old | new |", "|---|---|---|---|---|"]
+        per_stage = zip(
+            m["whole_accuracy_per_stage"],
+            m["average_accuracy_per_stage"],
+            m["old_accuracy_per_stage"],
+            m["new_accuracy_per_stage"],
+        )
+        for k, (w, a, old, new) in enumerate(per_stage):
+            lines.append(f"| {k + 1} | {pm(w)} | {pm(a)} | {pm(old)} | {pm(new)} |")
         lines += [
             "",
             (
-                f"Final: A {_pm(m['final_average_accuracy'])}, F {_pm(m['forgetting'])}, "
-                f"AFR {_pm(m['average_forgetting_rate'])}, BWT {_pm(m['backward_transfer'])}, "
+                f"Final: A {pm(m['final_average_accuracy'])}, F {pm(m['forgetting'])}, "
+                f"AFR {pm(m['average_forgetting_rate'])}, BWT {pm(m['backward_transfer'])}, "
                 f"OS {100 * m['order_sensitivity']['mean']:.1f} (std over orders of each {m['order_sensitivity']['unit']}'s final accuracy, averaged)."
             ),
         ]

@@ -19,11 +19,18 @@ from tqdm import tqdm
 
 from cml.config import RunConfig
 from cml.device import resolve_device, resolve_precision
-from cml.encoder import RelationEncoder, frozen_states_cached, load_backbone, load_tokenizer, tokenize_cached
-from cml.engine import EncodedData, Engine
+from cml.encoder import (
+    MARKERS,
+    RelationEncoder,
+    frozen_states_cached,
+    load_backbone,
+    load_tokenizer,
+    tokenize_cached,
+)
+from cml.engine import EncodedData, Engine, MethodContext
 from cml.errors import CMLInputError
 from cml.experiment import Experiment, cache_dir
-from cml.methods import MethodContext, check_methods, make_strategy
+from cml.methods import METHODS, check_classifier, check_difficulty, check_losses, check_methods
 from cml.model import RelationModel
 from cml.timing import TRAIN_PHASE, PhaseTimer
 
@@ -63,6 +70,9 @@ def check_writable(run_dir: Path) -> Path:
 def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     """Check everything about the run directory before anything is written to it."""
     check_methods(config.train.methods)
+    check_classifier(config.train.methods, config.train.classifier)
+    check_difficulty(config.train.methods, config.cml.difficulty)
+    check_losses(config.train.methods, config.loss)
     config, _ = resolved(config)
     run_dir = check_writable(Path(config.output))
     saved_path = run_dir / CONFIG_FILE
@@ -98,7 +108,7 @@ def read_results(run_dir: Path) -> dict[tuple[str, int, int], dict]:
 
 
 def build_model(config: RunConfig, tokenizer, n_relations: int) -> RelationModel:
-    backbone = load_backbone(config.encoder.name, tokenizer, config.seed)
+    backbone = load_backbone(config.encoder.name, tokenizer, config.seed, config.encoder.marker_init)
     encoder = RelationEncoder(backbone, config.encoder.freeze_layers)
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
@@ -108,17 +118,24 @@ def build_model(config: RunConfig, tokenizer, n_relations: int) -> RelationModel
 def encode_data(
     config: RunConfig, experiment: Experiment, tokenizer, model: RelationModel, device: torch.device
 ) -> EncodedData:
-    """Tokenise once; with frozen layers, also run them once over every sentence (both cached on disk)."""
+    """Tokenise the training split and the split results are measured on, once; with frozen
+    layers, also run them once over every sentence (both cached on disk)."""
     ds, pad_id = experiment.dataset, tokenizer.pad_token_id or 0
+    evaluation = getattr(ds, config.data.eval_split)
+    if not evaluation:
+        raise CMLInputError(f"--eval-split {config.data.eval_split}: the dataset has no {config.data.eval_split} split")
     splits = [
         tokenize_cached(tokenizer, examples, ds.label_of, config.encoder.max_length, cache_dir())
-        for examples in (ds.train, ds.test)
+        for examples in (ds.train, evaluation)
     ]
     if model.encoder.frozen_layers > 0:
         model.to(device)
         for split in splits:
-            split.hidden = frozen_states_cached(model.encoder, config.encoder.name, split, pad_id, cache_dir(), device)
-    return EncodedData(*splits, ds.relations, pad_id).to(device)
+            split.hidden = frozen_states_cached(
+                model.encoder, config.encoder.name, config.encoder.marker_init, split, pad_id, cache_dir(), device
+            )
+    markers = tuple(tokenizer.convert_tokens_to_ids(list(MARKERS)))
+    return EncodedData(*splits, ds.relations, pad_id, markers).to(device)
 
 
 def build_learner(config: RunConfig, experiment: Experiment, device: torch.device):
@@ -157,8 +174,7 @@ def run(
         for method in tqdm(methods, desc="methods", disable=not progress):
             for o, order in enumerate(tqdm(orders, desc=f"{method}: orders", leave=False, disable=not progress)):
                 model.load_state_dict(initial)
-                strategy = make_strategy(method, context)
-                engine = Engine(model, data, config.train, strategy, device, progress=progress, timer=timer)
+                engine = Engine(model, data, config, METHODS[method], context, device, progress=progress, timer=timer)
                 start = _restore(engine, run_dir, rows, method, o, len(order.tasks))
                 tasks = tqdm(
                     range(start, len(order.tasks)),

@@ -50,34 +50,65 @@ def balanced_clusters(vectors: np.ndarray, n_clusters: int, seed: int) -> list[l
     return groups
 
 
+def resolve_protocol(dataset: RelationDataset, protocol: str | None, split: str = "random") -> str:
+    """`file` when the dataset ships task orders (and the split is not clustered), else `random`."""
+    if protocol is None:
+        return "file" if dataset.task_orders and split != "clustered" else "random"
+    if protocol == "file" and not dataset.task_orders:
+        raise CMLInputError("--order-protocol file: the dataset has no task_orders.json")
+    if protocol == "file" and split == "clustered":
+        raise CMLInputError("--task-split clustered makes its own tasks: use --order-protocol random or cyclic")
+    return protocol
+
+
 def make_orders(
     dataset: RelationDataset,
     n_orders: int,
     n_tasks: int,
     split: str = "random",
     relation_vectors: np.ndarray | None = None,
+    protocol: str | None = None,
 ) -> list[TaskOrder]:
-    """`n_orders` task orders: the dataset's own orders first (task_orders.json), then seeded ones.
+    """`n_orders` task orders.
 
-    `split="random"` shuffles relations with the standard seeds; `split="clustered"` puts similar
-    relations (by `relation_vectors`, one row per relation) into the same task, and the orders
-    differ only in the sequence of those tasks.
+    Protocols: `file` takes the dataset's own orders (task_orders.json) first, then seeded random
+    ones; `random` shuffles the relations with the standard seeds 2021 + 100 i; `cyclic` cuts one
+    random split (seed 2021) and order i starts at its task i (cyclic shifts, as the CML paper).
+    `split="clustered"` puts similar relations (by `relation_vectors`, one row per relation) into
+    the same task; its orders then differ only in the sequence of those tasks (shuffled, or cyclic).
     """
     if n_orders < 1:
         raise CMLInputError(f"--orders must be at least 1, got {n_orders}")
     if not 1 <= n_tasks <= len(dataset.relations):
         raise CMLInputError(f"cannot cut {len(dataset.relations)} relations into {n_tasks} tasks")
+    if split not in ("random", "clustered"):
+        raise CMLInputError(f"unknown task split {split!r}: use random or clustered")
+    protocol = resolve_protocol(dataset, protocol, split)
+    if protocol == "file":
+        file_tasks = len(dataset.task_orders[0])
+        if n_tasks != file_tasks:
+            raise CMLInputError(
+                f"--tasks {n_tasks} conflicts with task_orders.json ({file_tasks} tasks): "
+                "drop --tasks, or use --order-protocol random or cyclic"
+            )
+        given = [TaskOrder(tasks, "task_orders.json") for tasks in dataset.task_orders][:n_orders]
+        return given + [random_order(dataset.relations, n_tasks, i) for i in range(len(given), n_orders)]
     if split == "clustered":
         groups = balanced_clusters(relation_vectors, n_tasks, STANDARD_SEED)
-        tasks = [[dataset.relations[i] for i in g] for g in groups]
+        base = TaskOrder([[dataset.relations[i] for i in g] for g in groups], "clustered")
+    else:
+        base = random_order(dataset.relations, n_tasks, 0)
+    if protocol == "cyclic":
+        return [
+            TaskOrder(base.tasks[i % n_tasks :] + base.tasks[: i % n_tasks], f"{base.origin}, cyclic shift {i}")
+            for i in range(n_orders)
+        ]
+    if split == "clustered":
         orders = []
         for i in range(n_orders):
             seed = STANDARD_SEED + SEED_STEP * i
-            shuffled = list(tasks)
+            shuffled = list(base.tasks)
             random.Random(seed).shuffle(shuffled)
             orders.append(TaskOrder(shuffled, f"clustered, seed {seed}"))
         return orders
-    if split != "random":
-        raise CMLInputError(f"unknown task split {split!r}: use random or clustered")
-    given = [TaskOrder(tasks, "task_orders.json") for tasks in (dataset.task_orders or [])][:n_orders]
-    return given + [random_order(dataset.relations, n_tasks, i) for i in range(len(given), n_orders)]
+    return [random_order(dataset.relations, n_tasks, i) for i in range(n_orders)]

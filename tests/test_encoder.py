@@ -142,3 +142,16 @@ def test_length_grouped_batches_cover_every_index_once_with_little_padding(tiny,
     # the batches still come in random order, not shortest first
     longest = [int(split.lengths[b].max()) for b in grouped]
     assert longest != sorted(longest)
+
+
+def test_markers_start_as_punctuation(tiny):
+    from cml.encoder import MARKER_SOURCES, load_backbone
+
+    tokenizer, _ = tiny
+    ids = lambda tokens: tokenizer.convert_tokens_to_ids(list(tokens))
+    punct = load_backbone("tiny", tokenizer, seed=0, marker_init="punct").get_input_embeddings().weight
+    torch.testing.assert_close(punct[ids(MARKERS)], punct[ids(MARKER_SOURCES)])
+    randomly = load_backbone("tiny", tokenizer, seed=0, marker_init="random").get_input_embeddings().weight
+    assert not torch.allclose(randomly[ids(MARKERS)], randomly[ids(MARKER_SOURCES)])
+    unmarked = [i for i in range(len(tokenizer)) if i not in ids(MARKERS)]
+    torch.testing.assert_close(punct[unmarked], randomly[unmarked])  # nothing else changes

@@ -51,12 +51,17 @@ def test_run_writes_report_and_keeps_class_incremental_protocol(tmp_path):
     assert set(report["methods"]) == {"finetune", "replay", "joint"}
 
 
-def test_same_seed_same_numbers_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    config = small_config(tmp_path / "full", methods=("replay",))
+@pytest.mark.parametrize("method", ["replay", "cml"])
+def test_same_seed_same_numbers_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, method):
+    """cml carries everything a task leaves behind: memory, static and dynamic prototypes, the
+    classifier rows, and draws augmentation and curriculum batches from its seeds."""
+    config = small_config(tmp_path / "full", methods=(method,))
+    config.train.consolidate_epochs = 1
     experiment = build_experiment(config)
     run(config, experiment, progress=False)
 
-    interrupted = small_config(tmp_path / "cut", methods=("replay",))
+    interrupted = small_config(tmp_path / "cut", methods=(method,))
+    interrupted.train.consolidate_epochs = 1
     calls = {"n": 0}
     original = Engine.run_task
 
@@ -69,7 +74,7 @@ def test_same_seed_same_numbers_and_resume_matches_an_uninterrupted_run(tmp_path
     monkeypatch.setattr(Engine, "run_task", crash_on_seventh)
     with pytest.raises(KeyboardInterrupt):
         run(interrupted, experiment, progress=False)
-    assert (tmp_path / "cut" / "checkpoints" / "replay-order1.pt").exists()
+    assert (tmp_path / "cut" / "checkpoints" / f"{method}-order1.pt").exists()
     assert len(rows_without_time(tmp_path / "cut")) == 6
     monkeypatch.setattr(Engine, "run_task", original)
     assert main(["--resume", str(tmp_path / "cut")]) == 0
@@ -85,15 +90,16 @@ def test_a_method_gives_the_same_numbers_whatever_runs_before_it(tmp_path):
     assert replay_after == rows_without_time(tmp_path / "alone")
 
 
-def make_engine(config: RunConfig, method: str):
+def make_engine(config: RunConfig, method: str, plugins=()):
     """An engine over the small config's data, and the experiment behind it."""
-    from cml.methods import make_strategy
-    from cml.runner import build_learner
+    from cml.methods import METHODS
+    from cml.runner import build_learner, resolved
 
+    config, device = resolved(config)
     experiment = build_experiment(config)
-    model, data, context = build_learner(config, experiment, torch.device("cpu"))
-    strategy = make_strategy(method, context)
-    return Engine(model, data, config.train, strategy, torch.device("cpu"), progress=False), experiment
+    model, data, context = build_learner(config, experiment, device)
+    engine = Engine(model, data, config, METHODS[method], context, device, progress=False, plugins=plugins)
+    return engine, experiment
 
 
 def test_replay_memory_holds_prototypes_of_seen_relations(tmp_path):
@@ -168,3 +174,53 @@ def test_rows_count_training_examples_and_the_report_says_where_time_went(tmp_pa
     md = (tmp_path / "run" / "report.md").read_text()
     assert "## Where the time went" in md and "| train forward+backward |" in md
     assert report["config"]["train"]["precision"] in ("bf16", "fp32")  # resolved, never "auto"
+
+
+def test_rows_and_report_give_old_and_new_accuracy_under_every_classifier(tmp_path):
+    config = small_config(tmp_path / "run", methods=("finetune", "cear"), orders=1)
+    config.train.consolidate_epochs = 1
+    report = run(config, build_experiment(config), progress=False)
+    rows = {(r["method"], r["task"]): r for r in rows_without_time(tmp_path / "run")}
+    assert rows[("cear", 0)]["old_accuracy"] is None  # nothing is old on the first task
+    for (method, task), row in rows.items():
+        kinds = {"linear"} if method == "finetune" else {"linear", "ncm", "ensemble"}
+        assert set(row["classifiers"]) == kinds
+        chosen = row["classifiers"]["linear" if method == "finetune" else "ensemble"]
+        whole = sum(a * n for a, n in zip(row["task_accuracy"], row["task_size"])) / sum(row["task_size"])
+        assert chosen["whole"] == pytest.approx(whole, abs=1e-6)
+        new = sum(row["task_size"][:-1]), row["task_size"][-1]
+        if task:
+            assert whole == pytest.approx((chosen["old"] * new[0] + chosen["new"] * new[1]) / sum(new), abs=1e-5)
+    assert set(report["methods"]["cear"]["final_by_classifier"]) == {"linear", "ncm", "ensemble"}
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| cear | ensemble |" in md and "| stage | W_k | A_k | old | new |" in md
+
+
+def test_settings_are_chosen_on_the_validation_split(tmp_path):
+    config = small_config(tmp_path / "run", methods=("finetune",), orders=1)
+    config.data.eval_split = "val"
+    run(config, build_experiment(config), progress=False)
+    rows = rows_without_time(tmp_path / "run")
+    assert all(size == 4 * 10 for row in rows for size in row["task_size"])  # 4 relations x 10 val examples
+
+
+def test_a_prototype_classifier_for_a_method_without_memory_touches_nothing(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["--method", "finetune", "--classifier", "ncm", "--output", str(out), "--encoder", "tiny"]) == 2
+    assert "needs prototypes, but finetune keeps no memory" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_prototype_difficulty_for_a_curriculum_inside_the_learn_stage_touches_nothing(tmp_path, capsys):
+    out = tmp_path / "never"
+    flags = ["--method", "cml-2021", "--difficulty", "prototypes", "--output", str(out), "--encoder", "tiny"]
+    assert main(flags) == 2
+    assert "cml-2021 orders memory inside the learn stage" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_stage_with_every_loss_weight_at_zero_touches_nothing(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["--method", "crl", "--loss-supcon", "0", "--output", str(out), "--encoder", "tiny"]) == 2
+    assert "the learn stage has no loss term left: --loss-supcon all 0" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,6 +1,9 @@
 import random
 
+import pytest
+
 from cml.data import load_dataset
+from cml.errors import CMLInputError
 from cml.relations import build_space, dataset_types
 from cml.tasks import make_orders
 from tests.conftest import shared
@@ -34,3 +37,21 @@ def test_clustered_tasks_group_relations_by_type_signature(demo):
     for sig in (("person", "city"), ("person", "person")):
         members = {r for r, s in signature.items() if s == sig}
         assert any(members <= set(t) for t in tasks), (sig, tasks)
+
+
+def test_cyclic_orders_shift_one_split(demo):
+    orders = make_orders(demo, 3, 5, protocol="cyclic")
+    base = orders[0].tasks
+    assert base == make_orders(demo, 1, 5)[0].tasks  # the split of seed 2021
+    for i, order in enumerate(orders):
+        assert order.tasks == base[i:] + base[:i]
+
+
+def test_tasks_that_conflict_with_the_file_are_an_error_naming_both():
+    ds = load_dataset("fewrel", shared("fewrel"))
+    with pytest.raises(CMLInputError, match=r"--tasks 1 conflicts with task_orders.json \(10 tasks\)"):
+        make_orders(ds, 5, 1)
+    one = make_orders(ds, 1, 1, protocol="random")
+    assert len(one[0].tasks) == 1 and sorted(one[0].tasks[0]) == sorted(ds.relations)
+    with pytest.raises(CMLInputError, match="no task_orders.json"):
+        make_orders(load_dataset("demo"), 1, 5, protocol="file")

@@ -191,7 +191,7 @@ def task_features(config: RunConfig, relations: list[str], dataset, device: torc
 
     def encode(examples: list) -> dict[str, torch.Tensor]:
         if not encoder:
-            backbone = load_backbone(config.encoder.name, tokenizer, config.seed)
+            backbone = load_backbone(config.encoder.name, tokenizer, config.seed, config.encoder.marker_init)
             encoder.append(RelationEncoder(backbone).to(device).eval())
         split = tokenize(tokenizer, examples, label_of, config.encoder.max_length)
         with torch.no_grad():
@@ -209,7 +209,12 @@ def task_features(config: RunConfig, relations: list[str], dataset, device: torc
         if not examples:
             raise CMLInputError(f"the search task has no {name} examples (relations {', '.join(relations)})")
         key = fingerprint(
-            config.encoder.name, config.encoder.max_length, config.seed, examples, sorted(label_of.items())
+            config.encoder.name,
+            config.encoder.marker_init,
+            config.encoder.max_length,
+            config.seed,
+            examples,
+            sorted(label_of.items()),
         )
         out[name] = Features(**memo(cache_dir() / f"features-{key}.pt", lambda ex=examples: encode(ex)))
     return out

@@ -1,0 +1,96 @@
+"""Memory augmentation (CEAR): new training sentences made from the memory, on word-piece ids.
+
+- `swap`: each memory sentence gets the head and tail mentions of a random sentence of its own
+  relation (possibly itself), between the same markers; label kept. Memory x 2.
+- `full`: `swap`, then each of those sentences is joined to a random sentence of another relation
+  with that one's markers removed, after it (even positions) or before it (odd positions); label
+  kept. The joined sentence is cut so the total stays within `max_length` word pieces. Memory x 4.
+
+Markers and labels stay valid: each new sentence has exactly one of each marker, `head_pos` and
+`tail_pos` point at its [E11] and [E21], and it starts with [CLS] and ends with [SEP].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cml.encoder import EncodedSplit
+
+AUGMENTATIONS = ("none", "swap", "full")
+
+
+def _sequences(split: EncodedSplit, indices: torch.Tensor) -> list[np.ndarray]:
+    ids, offsets = split.ids.cpu().numpy(), split.offsets.numpy()
+    return [ids[offsets[i] : offsets[i + 1]] for i in indices.tolist()]
+
+
+def _pieces(seq: np.ndarray, markers: tuple[int, int, int, int]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """(the sequence cut at the markers, with the two mention contents left out; head content; tail content)."""
+    e11, e12, e21, e22 = (int(np.flatnonzero(seq == m)[0]) for m in markers)
+    head, tail = seq[e11 + 1 : e12], seq[e21 + 1 : e22]
+    if e11 < e21:
+        rest = [seq[: e11 + 1], seq[e12 : e21 + 1], seq[e22:]]
+    else:
+        rest = [seq[: e21 + 1], seq[e22 : e11 + 1], seq[e12:]]
+    return rest, head, tail
+
+
+def swap_entities(seq: np.ndarray, partner: np.ndarray, markers: tuple[int, int, int, int]) -> np.ndarray:
+    """`seq` with its head and tail mentions replaced by `partner`'s."""
+    (a, b, c), _, _ = _pieces(seq, markers)
+    _, head, tail = _pieces(partner, markers)
+    e11_first = int(np.flatnonzero(seq == markers[0])[0]) < int(np.flatnonzero(seq == markers[2])[0])
+    first, second = (head, tail) if e11_first else (tail, head)
+    return np.concatenate([a, first, b, second, c])
+
+
+def concatenate(
+    seq: np.ndarray, partner: np.ndarray, markers: tuple[int, int, int, int], after: bool, max_length: int
+) -> np.ndarray:
+    """`seq` with `partner`'s words (no [CLS], [SEP] or markers) after or before it, cut to `max_length`."""
+    words = partner[1:-1]
+    words = words[~np.isin(words, markers)][: max(0, max_length - len(seq))]
+    if after:
+        return np.concatenate([seq[:-1], words, seq[-1:]])
+    return np.concatenate([seq[:1], words, seq[1:]])
+
+
+def augment(
+    split: EncodedSplit,
+    indices: torch.Tensor,
+    kind: str,
+    markers: tuple[int, int, int, int],
+    max_length: int,
+    generator: torch.Generator,
+) -> EncodedSplit:
+    """A new split of the sentences `indices` of `split` (first, in that order) and their augmentations."""
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {kind!r}: use one of {AUGMENTATIONS}")
+    seqs = _sequences(split, indices)
+    labels = split.labels[indices].tolist()
+    pick = lambda n: int(torch.randint(n, (1,), generator=generator))
+    if kind in ("swap", "full"):
+        by_label: dict[int, list[int]] = {}
+        for i, y in enumerate(labels):
+            by_label.setdefault(y, []).append(i)
+        seqs = seqs + [swap_entities(s, seqs[by_label[y][pick(len(by_label[y]))]], markers) for s, y in zip(seqs, labels)]
+        labels = labels + labels
+    if kind == "full":
+        mixed = len(set(labels)) > 1
+        joined = []
+        for i, (s, y) in enumerate(zip(seqs, labels)):
+            j = pick(len(seqs))
+            while mixed and labels[j] == y:  # a partner of another relation, where there is one
+                j = pick(len(seqs))
+            joined.append(concatenate(s, seqs[j], markers, after=i % 2 == 0, max_length=max_length))
+        seqs, labels = seqs + joined, labels + labels
+    lengths = np.array([len(s) for s in seqs])
+    flat = np.concatenate(seqs).astype(np.int32)
+    return EncodedSplit(
+        ids=torch.from_numpy(flat),
+        offsets=torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)])).long(),
+        head_pos=torch.tensor([int(np.flatnonzero(s == markers[0])[0]) for s in seqs]),
+        tail_pos=torch.tensor([int(np.flatnonzero(s == markers[2])[0]) for s in seqs]),
+        labels=torch.tensor(labels, dtype=torch.long),
+    )

@@ -1,0 +1,78 @@
+"""Plugins: parts of a method that act at the engine's hook points rather than as a stage.
+
+The engine calls the hooks of every plugin, for each task, in this order (tested):
+
+    before_task
+    for each stage of the method that runs on this task: before_stage, (the stage), after_stage
+    after_task
+    (evaluation) after_eval
+
+At `before_task` the engine has already recorded the task and, where a part needs it, the
+trainable weights at the start of the task (`engine.start`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from cml.meta import reptile, step_size
+
+if TYPE_CHECKING:
+    from cml.engine import Engine, TaskResult
+    from cml.stages import Stage
+
+
+class Plugin:
+    """No-op hooks; a plugin overrides the ones it needs. `needs_start`: it reads `engine.start`."""
+
+    needs_start = False
+
+    def before_task(self, engine: Engine) -> None:
+        pass
+
+    def before_stage(self, engine: Engine, stage: Stage) -> None:
+        pass
+
+    def after_stage(self, engine: Engine, stage: Stage) -> None:
+        pass
+
+    def after_task(self, engine: Engine) -> None:
+        pass
+
+    def after_eval(self, engine: Engine, result: TaskResult) -> None:
+        pass
+
+
+class MetaStep(Plugin):
+    """CML's Reptile step right after the stage named `after` (from the second task on): the
+    weights move from where the task started only eps_k of the way to where that stage took them,
+    except the classifier rows of the relations that arrived with this task. `eps` is the
+    method's own step size; `--meta-eps` overrides it for every method."""
+
+    needs_start = True
+
+    def __init__(self, eps: float, after: str = "learn"):
+        self.eps = eps
+        self.after = after
+
+    def after_stage(self, engine: Engine, stage: Stage) -> None:
+        if stage.name != self.after or len(engine.tasks) == 1:
+            return
+        options = engine.context.options
+        eps = self.eps if options.meta_eps is None else options.meta_eps
+        eps = step_size(eps, options.meta_schedule, len(engine.tasks) - 1, engine.context.n_tasks)
+        params = dict(engine.model.named_parameters())
+        with engine.timer("meta step"), torch.no_grad():
+            end = {n: params[n].detach() for n in engine.start}
+            moved = reptile(engine.start, end, eps, {"classifier.weight": engine.current_ids.to(engine.device)})
+            for name, value in moved.items():
+                params[name].copy_(value)
+
+
+class ResetClassifier(Plugin):
+    """New random classifier rows at the start of every task (CEAR)."""
+
+    def before_task(self, engine: Engine) -> None:
+        engine.model.reset_classifier(torch.Generator().manual_seed(engine.seed))

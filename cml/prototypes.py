@@ -1,0 +1,110 @@
+"""Relation prototypes and the classifiers that read them at test time.
+
+Per relation two means are kept, in both spaces (h and z):
+- static: over all of the relation's training data, with the model of the task it arrived in
+  (set by memory selection when the relation arrives; only CRL's second selection recomputes it);
+- dynamic: over the relation's memory, with the model as it is now (refreshed after every task:
+  it follows the drift of the features).
+A prototype mixes them, (1 - beta) static + beta dynamic (CEAR); beta = 1 is the memory-only mean
+of CRL. z prototypes are renormalised to unit length.
+
+Classifiers (`CLASSIFIERS`): `linear` (argmax of the linear head), `ncm` (nearest prototype, by
+cosine or squared Euclidean distance, in h or z), and `ensemble`,
+alpha softmax(linear) + (1 - alpha) softmax(ncm scores) (CEAR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from cml.model import Output
+
+CLASSIFIERS = ("linear", "ncm", "ensemble")
+
+
+@dataclass
+class Prototypes:
+    """Static and dynamic means per relation (rows follow the dataset's relation ids)."""
+
+    static: dict[str, torch.Tensor]  # space -> [R, D]
+    dynamic: dict[str, torch.Tensor]
+    has_static: torch.Tensor  # bool [R]
+    has_dynamic: torch.Tensor
+
+    @classmethod
+    def empty(cls, n_relations: int, dims: dict[str, int]) -> Prototypes:
+        zeros = lambda: {s: torch.zeros(n_relations, d) for s, d in dims.items()}
+        none = lambda: torch.zeros(n_relations, dtype=torch.bool)
+        return cls(zeros(), zeros(), none(), none())
+
+    def set(self, kind: str, relations: torch.Tensor, means: dict[str, torch.Tensor]) -> None:
+        """Store `means` (space -> [len(relations), D]) as the `kind` ("static" or "dynamic") means."""
+        target = self.static if kind == "static" else self.dynamic
+        for space, value in means.items():
+            target[space][relations] = value.float().cpu()
+        (self.has_static if kind == "static" else self.has_dynamic)[relations] = True
+
+    def mixed(self, space: str, beta: float) -> torch.Tensor:
+        """[R, D]: (1 - beta) static + beta dynamic where a relation has both, else whichever it has."""
+        both = (self.has_static & self.has_dynamic)[:, None]
+        only_dynamic = (~self.has_static & self.has_dynamic)[:, None]
+        static, dynamic = self.static[space], self.dynamic[space]
+        out = torch.where(both, (1 - beta) * static + beta * dynamic, torch.where(only_dynamic, dynamic, static))
+        return F.normalize(out, dim=-1) if space == "z" else out
+
+    def covers(self, relations: torch.Tensor) -> bool:
+        return bool((self.has_static | self.has_dynamic)[relations].all())
+
+    def state_dict(self) -> dict:
+        return {"static": self.static, "dynamic": self.dynamic, "has_static": self.has_static, "has_dynamic": self.has_dynamic}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.static, self.dynamic = dict(state["static"]), dict(state["dynamic"])
+        self.has_static, self.has_dynamic = state["has_static"], state["has_dynamic"]
+
+
+def class_means(values: torch.Tensor, labels: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
+    """[len(relations), D]: the mean of the rows of `values` labelled with each relation."""
+    onehot = (labels[None, :] == relations[:, None]).to(values.dtype)
+    return onehot @ values / onehot.sum(1, keepdim=True).clamp(min=1)
+
+
+@dataclass(frozen=True)
+class NearestPrototype:
+    """Where and how a method's nearest-prototype classifier measures: CRL uses squared Euclidean
+    distance in h; CEAR cosine in z (`tau` scales the cosines into logits for the ensemble)."""
+
+    space: str = "z"
+    metric: str = "cosine"
+
+    def scores(self, out: Output, prototypes: torch.Tensor, seen: torch.Tensor, tau: float) -> torch.Tensor:
+        """[B, R] logits, higher = nearer; -inf for relations not seen."""
+        x = getattr(out, self.space).float()
+        p = prototypes.to(x.device)
+        if self.metric == "cosine":
+            scores = F.normalize(x, dim=-1) @ F.normalize(p, dim=-1).T / tau
+        else:
+            scores = -torch.cdist(x, p).square()
+        return scores.masked_fill(~seen.to(x.device), -torch.inf)
+
+
+def predictions(
+    out: Output,
+    seen: torch.Tensor,
+    prototypes: torch.Tensor | None,
+    ncm: NearestPrototype,
+    alpha: float,
+    tau: float,
+) -> dict[str, torch.Tensor]:
+    """The predicted relation id of every example under each classifier there is: `linear` always,
+    `ncm` and `ensemble` when there are prototypes (methods with memory)."""
+    linear = out.logits.float().masked_fill(~seen.to(out.logits.device), -torch.inf)
+    preds = {"linear": linear.argmax(-1)}
+    if prototypes is not None:
+        near = ncm.scores(out, prototypes, seen, tau)
+        preds["ncm"] = near.argmax(-1)
+        preds["ensemble"] = (alpha * linear.softmax(-1) + (1 - alpha) * near.softmax(-1)).argmax(-1)
+    return preds

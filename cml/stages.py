@@ -1,0 +1,282 @@
+"""The stages a task runs, in the order its method lists them (docs/method.md, "The per-task loop").
+
+- `Train`: epochs of optimiser steps over one data source (the task, the task and the memory, the
+  memory of every seen relation, or all data seen), with its own fresh optimiser, batch order and
+  weighted loss terms. A method's first `Train` is its "learn" stage; CRL / CEAR / cml add a
+  "consolidate" stage on the memory from the second task on.
+- `SelectMemory`: K-means memory of the new relations on h, and their static prototypes from the
+  same pass.
+- `RefreshPrototypes`: the dynamic prototypes of every seen relation, over its memory, with the
+  model as it is now.
+
+Stages are frozen declarations; what they change lives on the engine (model, memory, prototypes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from cml import losses
+from cml.augment import augment
+from cml.config import LossConfig
+from cml.encoder import EncodedSplit
+from cml.errors import CMLInputError
+from cml.memory import select_prototypes
+from cml.model import Output
+from cml.prototypes import class_means
+
+if TYPE_CHECKING:
+    from cml.engine import Engine
+
+DATA_SOURCES = ("task", "task+memory", "memory", "seen")
+ORDERS = ("shuffle", "curriculum", "curriculum-mix")
+
+
+@dataclass
+class Bank:
+    """CRL's feature bank: the detached z of every item of a stage, each slot overwritten with the
+    item's new z after every step it is in (no momentum encoder)."""
+
+    z: torch.Tensor  # [N, Z]
+    labels: torch.Tensor  # [N]
+
+    def update(self, positions: torch.Tensor, z: torch.Tensor) -> None:
+        self.z[positions] = z.detach().to(self.z.dtype)
+
+
+@dataclass
+class StageData:
+    """What one training stage's steps read: the items, and what its loss terms need."""
+
+    split: EncodedSplit
+    items: torch.Tensor  # indices into `split`
+    position: torch.Tensor  # split index -> position in `items` (-1 elsewhere)
+    seen: torch.Tensor  # bool [R]: the relations seen so far, this task's included
+    old: torch.Tensor  # ids of the relations seen before this task
+    prototypes: dict[str, torch.Tensor]  # space -> [R, D], fixed for the stage ({} when no term uses them)
+    bank: Bank | None
+    bank_sample: int | None  # anchors against this many random bank entries per step (None: all)
+    teacher: Output | None  # the model from the start of the task on every item (rows follow `items`)
+
+
+def _loss_ce(out: Output, y: torch.Tensor, d: StageData, teacher: Output | None, c: LossConfig) -> torch.Tensor:
+    return losses.cross_entropy(out.logits, y)
+
+
+def _loss_supcon(out, y, d, teacher, c):
+    bank = d.bank
+    if d.bank_sample is not None and d.bank_sample < len(bank.labels):
+        pick = torch.randperm(len(bank.labels), device=bank.labels.device)[: d.bank_sample]
+        return losses.bank_contrastive(out.z, y, bank.z[pick], bank.labels[pick], c.tau)
+    return losses.bank_contrastive(out.z, y, bank.z, bank.labels, c.tau)
+
+
+def _loss_proto(out, y, d, teacher, c):
+    return losses.prototype_contrastive(out.z, y, d.prototypes["z"], d.seen, c.tau)
+
+
+def _loss_margin(out, y, d, teacher, c):
+    return losses.hard_margin(out.z, y, d.prototypes["z"], d.seen, c.margin_value)
+
+
+def _loss_rkd(out, y, d, teacher, c):
+    centroids = class_means(d.bank.z, d.bank.labels, d.old)
+    return losses.relational_distillation(out.z, y, d.old, d.prototypes["h"][d.old], centroids, c.kappa)
+
+
+def _loss_fkd(out, y, d, teacher, c):
+    """Focal distillation of the linear head over the old relations; analogy by cos(h, p_h) / tau2."""
+    with torch.no_grad():
+        analogy = F.normalize(out.h.float(), dim=-1) @ F.normalize(d.prototypes["h"][d.old], dim=-1).T / c.analogy_tau
+        true = out.logits.float().softmax(-1).gather(1, y[:, None]).squeeze(1)
+    return losses.focal_distillation(out.logits[:, d.old], teacher.logits[:, d.old], analogy, true, c.gamma)
+
+
+def _loss_fkd_z(out, y, d, teacher, c):
+    """Focal distillation of the prototype scores in z over the old relations."""
+    z_old = d.prototypes["z"][d.old]
+    with torch.no_grad():
+        analogy = out.z @ z_old.T / (c.tau * c.analogy_tau)
+        sharp = losses.masked_similarity(out.z, d.prototypes["z"], d.seen) / (c.tau * c.analogy_tau)
+        true = sharp.softmax(-1).gather(1, y[:, None]).squeeze(1)
+    return losses.focal_distillation(out.z @ z_old.T / c.tau, teacher.z @ z_old.T / c.tau, analogy, true, c.gamma)
+
+
+@dataclass(frozen=True)
+class Term:
+    """A loss term as a stage uses it: its function of (output, labels, stage data, teacher output,
+    loss config), and what it reads besides the batch. Its weight is the `loss:` option of its name."""
+
+    fn: Callable[[Output, torch.Tensor, StageData, Output | None, LossConfig], torch.Tensor]
+    teacher: bool = False  # the model from the start of the task, on the same items
+    prototypes: str | None = None  # whose prototypes it reads (fixed for the stage): "seen" or "old" relations
+    bank: bool = False  # a feature bank over the stage's items
+
+
+TERMS: dict[str, Term] = {
+    "ce": Term(_loss_ce),
+    "supcon": Term(_loss_supcon, bank=True),
+    "proto": Term(_loss_proto, prototypes="seen"),
+    "margin": Term(_loss_margin, prototypes="seen"),
+    "rkd": Term(_loss_rkd, prototypes="old", bank=True),
+    "fkd": Term(_loss_fkd, teacher=True, prototypes="old"),
+    "fkd_z": Term(_loss_fkd_z, teacher=True, prototypes="seen"),
+}
+
+
+@dataclass(frozen=True)
+class Train:
+    """A training stage. `first_task` is the 0-based position of the first task it runs on."""
+
+    name: str
+    data: str
+    losses: tuple[str, ...] = ("ce",)
+    order: str = "shuffle"  # shuffle (length-grouped), curriculum, or curriculum-mix (CML 2021)
+    augment: bool = False  # augment the memory (train.augment says how)
+    sample_bank: bool = False  # CRL's stage 1: anchors against loss.bank_sample random bank entries
+    epochs_option: str = "epochs"  # the train: option that gives its epochs
+    first_task: int = 0
+
+    def __post_init__(self) -> None:
+        assert self.data in DATA_SOURCES and self.order in ORDERS, self
+        assert all(t in TERMS for t in self.losses), self.losses
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(TERMS[t].teacher for t in self.losses)
+
+    def runs(self, engine: Engine) -> bool:
+        return len(engine.tasks) > self.first_task
+
+    def weights(self, loss: LossConfig) -> dict[str, float]:
+        """The stage's loss terms with a non-zero weight (`loss:` options), at least one."""
+        weights = {t: getattr(loss, t) for t in self.losses}
+        weights = {t: w for t, w in weights.items() if w}
+        if not weights:
+            flags = ", ".join("--loss-" + t.replace("_", "-") for t in self.losses)
+            raise CMLInputError(f"the {self.name} stage has no loss term left: {flags} all 0")
+        return weights
+
+    def run(self, engine: Engine) -> None:
+        epochs = getattr(engine.config.train, self.epochs_option)
+        weights = self.weights(engine.config.loss)
+        data = self.stage_data(engine, tuple(weights))
+
+        def loss(out: Output, labels: torch.Tensor, teacher: Output | None) -> torch.Tensor:
+            return sum(w * TERMS[t].fn(out, labels, data, teacher, engine.config.loss) for t, w in weights.items())
+
+        optimizer = engine.optimizer()
+        engine.model.train()
+        for epoch in range(epochs):
+            with engine.timer("batch planning"):
+                batches = self.batches(engine, data, epoch)
+            bar = tqdm(batches, desc=f"    {self.name} {epoch + 1}/{epochs}", leave=False, disable=not engine.progress)
+            for batch in bar:
+                value = engine.train_step(data, batch, optimizer, loss)
+                bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+
+    def stage_data(self, engine: Engine, active: tuple[str, ...]) -> StageData:
+        """The items and what the `active` loss terms read (a term weighted 0 costs no pass)."""
+        split = engine.data.train
+        if self.data == "task":
+            items = engine.data.train_indices(engine.current)
+        elif self.data == "task+memory":
+            items = torch.cat([engine.data.train_indices(engine.current), engine.memory.indices()])
+        elif self.data == "seen":
+            items = engine.data.train_indices(engine.seen_relations)
+        else:
+            items = engine.memory.indices(engine.seen_relations)
+            kind = engine.config.train.augment
+            if self.augment and kind != "none":
+                with engine.timer("memory augmentation", len(items)):
+                    generator = torch.Generator().manual_seed(engine.seed)
+                    split = augment(
+                        split, items, kind, engine.data.markers, engine.config.train.augment_max_length, generator
+                    )
+                    split = engine.with_frozen_states(split)
+                items = torch.arange(len(split))
+        position = torch.full((len(split),), -1, dtype=torch.long)
+        position[items] = torch.arange(len(items))
+        terms = [TERMS[t] for t in active]
+        needs = {t.prototypes for t in terms} - {None}
+        prototypes = engine.stage_prototypes(self.name, "seen" if "seen" in needs else "old") if needs else {}
+        bank = engine.bank(split, items) if any(t.bank for t in terms) else None
+        sample = engine.config.loss.bank_sample if self.sample_bank else None
+        teacher = engine.teacher(split, items) if any(t.teacher for t in terms) else None
+        return StageData(split, items, position, engine.seen, engine.old_ids, prototypes, bank, sample, teacher)
+
+    def batches(self, engine: Engine, data: StageData, epoch: int) -> list[torch.Tensor]:
+        """Lists of split indices, one per optimiser step."""
+        size, window = engine.config.train.batch_size, engine.config.train.length_window
+        if self.order == "shuffle":
+            return data.split.length_grouped(data.items, size, window)
+        if self.order == "curriculum":
+            scores = engine.difficulty_of_items(data.split.labels[data.items])
+            return [data.items[torch.tensor(b)] for b in engine.curriculum(scores, size, epoch)]
+        return _curriculum_mix(engine, data, size, window, epoch)
+
+
+def _curriculum_mix(engine: Engine, data: StageData, size: int, window: int, epoch: int) -> list[torch.Tensor]:
+    """CML (2021): each batch of the task is extended by a chunk of memory, chunks released from
+    easy to hard (by each memory relation's difficulty with respect to the current task)."""
+    labels = data.split.labels[data.items]
+    is_task = torch.isin(labels, engine.current_ids)
+    task, memory = data.items[is_task], data.items[~is_task]
+    task_batches = data.split.length_grouped(task, size, window)
+    if len(memory) == 0:
+        return task_batches
+    scores = engine.difficulty_of_items(data.split.labels[memory])
+    chunks = [memory[torch.tensor(b)] for b in engine.curriculum(scores, math.ceil(len(memory) / len(task_batches)), epoch)]
+    return [torch.cat([b, chunks[i]]) if i < len(chunks) else b for i, b in enumerate(task_batches)]
+
+
+@dataclass(frozen=True)
+class SelectMemory:
+    """K-means memory for the relations of the current task (`train.memory_size` each, on h), and
+    their static prototypes (means of h and z over all their training data) from the same pass."""
+
+    name: str = "select memory"
+    first_task: int = 0
+
+    def runs(self, engine: Engine) -> bool:
+        return len(engine.tasks) > self.first_task
+
+    def run(self, engine: Engine) -> None:
+        indices = engine.data.train_indices(engine.current)
+        out = engine.encode(engine.data.train, indices, "memory forward")
+        labels = engine.data.train.labels[indices]
+        for relation in engine.current:
+            mine = (labels == engine.data.label_of[relation]).nonzero().flatten()
+            with engine.timer("memory K-means"):
+                keep = select_prototypes(out.h[mine].numpy(), engine.config.train.memory_size, engine.seed)
+            engine.memory.add(relation, indices[mine[torch.as_tensor(keep, dtype=torch.long)]])
+        ids = engine.current_ids
+        engine.prototypes.set("static", ids, {"h": class_means(out.h, labels, ids), "z": class_means(out.z, labels, ids)})
+
+
+@dataclass(frozen=True)
+class RefreshPrototypes:
+    """Dynamic prototypes of every seen relation: means of h and z over its memory, current model."""
+
+    name: str = "refresh prototypes"
+    first_task: int = 0
+
+    def runs(self, engine: Engine) -> bool:
+        return len(engine.tasks) > self.first_task
+
+    def run(self, engine: Engine) -> None:
+        indices = engine.memory.indices(engine.seen_relations)
+        out = engine.encode(engine.data.train, indices, "memory forward")
+        labels = engine.data.train.labels[indices]
+        ids = engine.seen_ids
+        engine.prototypes.set("dynamic", ids, {"h": class_means(out.h, labels, ids), "z": class_means(out.z, labels, ids)})
+
+
+Stage = Train | SelectMemory | RefreshPrototypes
