@@ -237,6 +237,16 @@ def _curriculum_mix(engine: Engine, data: StageData, size: int, window: int, epo
     return [torch.cat([b, chunks[i]]) if i < len(chunks) else b for i, b in enumerate(task_batches)]
 
 
+def _encode_training(engine: Engine, indices: torch.Tensor) -> tuple[Output, torch.Tensor]:
+    """h, z and logits of training examples with the model as it is now, and their labels."""
+    return engine.encode(engine.data.train, indices, "memory forward"), engine.data.train.labels[indices]
+
+
+def _means(out: Output, labels: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The prototype of each relation in `ids`, in both spaces: the mean of its h and of its z."""
+    return {"h": class_means(out.h, labels, ids), "z": class_means(out.z, labels, ids)}
+
+
 @dataclass(frozen=True)
 class SelectMemory:
     """K-means memory for the relations of the current task (`train.memory_size` each, on h), and
@@ -250,15 +260,13 @@ class SelectMemory:
 
     def run(self, engine: Engine) -> None:
         indices = engine.data.train_indices(engine.current)
-        out = engine.encode(engine.data.train, indices, "memory forward")
-        labels = engine.data.train.labels[indices]
+        out, labels = _encode_training(engine, indices)
         for relation in engine.current:
             mine = (labels == engine.data.label_of[relation]).nonzero().flatten()
             with engine.timer("memory K-means"):
                 keep = select_prototypes(out.h[mine].numpy(), engine.config.train.memory_size, engine.seed)
             engine.memory.add(relation, indices[mine[torch.as_tensor(keep, dtype=torch.long)]])
-        ids = engine.current_ids
-        engine.prototypes.set("static", ids, {"h": class_means(out.h, labels, ids), "z": class_means(out.z, labels, ids)})
+        engine.prototypes.set("static", engine.current_ids, _means(out, labels, engine.current_ids))
 
 
 @dataclass(frozen=True)
@@ -272,11 +280,8 @@ class RefreshPrototypes:
         return len(engine.tasks) > self.first_task
 
     def run(self, engine: Engine) -> None:
-        indices = engine.memory.indices(engine.seen_relations)
-        out = engine.encode(engine.data.train, indices, "memory forward")
-        labels = engine.data.train.labels[indices]
-        ids = engine.seen_ids
-        engine.prototypes.set("dynamic", ids, {"h": class_means(out.h, labels, ids), "z": class_means(out.z, labels, ids)})
+        out, labels = _encode_training(engine, engine.memory.indices(engine.seen_relations))
+        engine.prototypes.set("dynamic", engine.seen_ids, _means(out, labels, engine.seen_ids))
 
 
 Stage = Train | SelectMemory | RefreshPrototypes
