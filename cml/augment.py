@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cml.config import CHOICES
 from cml.encoder import EncodedSplit
 
-AUGMENTATIONS = ("none", "swap", "full")
 
 
 def _sequences(split: EncodedSplit, indices: torch.Tensor) -> list[np.ndarray]:
@@ -25,23 +25,25 @@ def _sequences(split: EncodedSplit, indices: torch.Tensor) -> list[np.ndarray]:
     return [ids[offsets[i] : offsets[i + 1]] for i in indices.tolist()]
 
 
-def _pieces(seq: np.ndarray, markers: tuple[int, int, int, int]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """(the sequence cut at the markers, with the two mention contents left out; head content; tail content)."""
+def _pieces(
+    seq: np.ndarray, markers: tuple[int, int, int, int]
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, bool]:
+    """(the sequence cut at the markers, with the two mention contents left out; head content;
+    tail content; whether the head comes first)."""
     e11, e12, e21, e22 = (int(np.flatnonzero(seq == m)[0]) for m in markers)
     head, tail = seq[e11 + 1 : e12], seq[e21 + 1 : e22]
     if e11 < e21:
         rest = [seq[: e11 + 1], seq[e12 : e21 + 1], seq[e22:]]
     else:
         rest = [seq[: e21 + 1], seq[e22 : e11 + 1], seq[e12:]]
-    return rest, head, tail
+    return rest, head, tail, e11 < e21
 
 
 def swap_entities(seq: np.ndarray, partner: np.ndarray, markers: tuple[int, int, int, int]) -> np.ndarray:
     """`seq` with its head and tail mentions replaced by `partner`'s."""
-    (a, b, c), _, _ = _pieces(seq, markers)
-    _, head, tail = _pieces(partner, markers)
-    e11_first = int(np.flatnonzero(seq == markers[0])[0]) < int(np.flatnonzero(seq == markers[2])[0])
-    first, second = (head, tail) if e11_first else (tail, head)
+    (a, b, c), _, _, head_first = _pieces(seq, markers)
+    _, head, tail, _ = _pieces(partner, markers)
+    first, second = (head, tail) if head_first else (tail, head)
     return np.concatenate([a, first, b, second, c])
 
 
@@ -65,8 +67,8 @@ def augment(
     generator: torch.Generator,
 ) -> EncodedSplit:
     """A new split of the sentences `indices` of `split` (first, in that order) and their augmentations."""
-    if kind not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {kind!r}: use one of {AUGMENTATIONS}")
+    if kind not in CHOICES["augment"]:
+        raise ValueError(f"unknown augmentation {kind!r}: use one of {CHOICES['augment']}")
     seqs = _sequences(split, indices)
     labels = split.labels[indices].tolist()
     pick = lambda n: int(torch.randint(n, (1,), generator=generator))

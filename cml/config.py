@@ -182,7 +182,7 @@ CHOICES = {
     "eval_split": ("test", "val"),
     "marker_init": ("punct", "random"),
     "head": ("projection", "linear", "mlp"),
-    "classifier": ("auto", "linear", "ncm", "ensemble"),
+    "classifier": ("auto", "linear", "ncm", "ensemble"),  # auto: each method's own
     "augment": ("none", "swap", "full"),
     "difficulty": ("types", "prototypes"),
     "device": ("auto", "cpu", "cuda"),

@@ -213,12 +213,14 @@ class Engine:
         """Each item's relation's difficulty with respect to the current task (the other relations
         of the task, for an item of the task itself), from the relation space or the prototypes."""
         current = self.current
+        by_prototypes = self.context.options.difficulty == "prototypes"
+        if by_prototypes:
+            p = nn.functional.normalize(self.prototypes.mixed("h", self.beta), dim=-1)
         scores: dict[int, float] = {}
         for rid in labels.unique().tolist():
             r = self.data.relations[rid]
             others = [c for c in current if c != r] or current
-            if self.context.options.difficulty == "prototypes":
-                p = nn.functional.normalize(self.prototypes.mixed("h", self.beta), dim=-1)
+            if by_prototypes:
                 scores[rid] = float((p[self.data.ids(others)] @ p[rid]).max())
             else:
                 scores[rid] = self.context.space.relation_difficulty(r, others)

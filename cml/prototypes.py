@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from cml.config import CHOICES
 from cml.model import Output
 
-CLASSIFIERS = ("linear", "ncm", "ensemble")
+CLASSIFIERS = tuple(c for c in CHOICES["classifier"] if c != "auto")
 
 
 @dataclass
