@@ -18,6 +18,7 @@ from _machine import forward_backward_rate, header, peak_memory
 
 from cml.cli import config_from_args, parser
 from cml.experiment import build_experiment
+from cml.report import pm
 from cml.runner import build_learner, resolved, run
 from cml.timing import ENCODER_PHASES, TRAIN_PHASE, PhaseTimer
 
@@ -41,8 +42,7 @@ ceiling, padding = forward_backward_rate(
 examples = timer.examples[TRAIN_PHASE]
 print(f"\ndevice {device}, precision {config.train.precision}, batch {config.train.batch_size}")
 for name, m in report["methods"].items():
-    w = m["final_whole_accuracy"]
-    print(f"{name}: final whole accuracy {100 * w['mean']:.1f} ± {100 * w['error_bound']:.1f}")
+    print(f"{name}: final whole accuracy {pm(m['final_whole_accuracy'])}")
 print(f"wall time (experiment + run): {wall / 60:.1f} min")
 print(f"training examples (every epoch, memory replay included): {examples:,}")
 print(f"end-to-end: {examples / wall:,.1f} training examples/s")

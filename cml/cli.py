@@ -56,6 +56,7 @@ FLAGS = {
     "skip_limit": ("search", "skip_limit"),
     "output": ("", "output"),
     "seed": ("", "seed"),
+    "seeds": ("", "seeds"),
     "device": ("", "device"),
     # every loss weight and constant: --loss-<field>
     **{f"loss_{f.name}": ("loss", f.name) for f in dataclasses.fields(LossConfig)},
@@ -67,7 +68,11 @@ def parser() -> argparse.ArgumentParser:
         prog="run_cml.py", description="Continual relation extraction with curriculum-meta learning."
     )
     p.add_argument("--config", help="YAML config file; flags given here override it")
-    p.add_argument("--dataset", help="demo, fewrel, tacred, or a path to a FewRel-format file or directory")
+    p.add_argument(
+        "--dataset",
+        help="demo, fewrel, tacred, hf:ID[:SPLITS] (Hugging Face, FewRel-shaped), or a path: FewRel-format JSON "
+        "(file, pre-split or raw directory), RP-CRE / CRL's data_with_marker*.json, or CEAR's data directory",
+    )
     p.add_argument("--data-dir", help="directory of the dataset's files (default $CML_DATA_DIR, else data/<dataset>)")
     p.add_argument("--orders", type=int, help="number of task orders (default 5)")
     p.add_argument(
@@ -150,7 +155,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--search-steps", type=int, help="architecture steps of the head search (default 300)")
     p.add_argument("--skip-limit", type=int, help="stop the head search once the cell keeps this many skip edges")
     p.add_argument("--output", help="run directory (default runs/latest)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the run (default 2021)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        help="runs of every (method, order) with seeds --seed, --seed + 1, ...: the report separates the variance "
+        "of orders from that of seeds (default 1)",
+    )
     p.add_argument("--device", choices=CHOICES["device"])
     p.add_argument(
         "--precision",

@@ -126,6 +126,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     output: str = "runs/latest"
     seed: int = 2021
+    seeds: int = 1  # runs of every (method, order), with seeds seed, seed + 1, ...
     device: str = "auto"  # auto, cpu or cuda
 
     def check(self, source: str = "config") -> RunConfig:
@@ -148,6 +149,8 @@ class RunConfig:
         ):
             if value not in allowed:
                 raise CMLInputError(f"{where} is {value!r}; use one of {', '.join(allowed)}", source)
+        if self.seeds < 1:
+            raise CMLInputError(f"seeds is {self.seeds}; it must be at least 1", source)
         if self.data.order_protocol is not None and self.data.order_protocol not in CHOICES["order_protocol"]:
             raise CMLInputError(
                 f"data.order_protocol is {self.data.order_protocol!r}; use one of {', '.join(CHOICES['order_protocol'])}",
@@ -167,6 +170,10 @@ class RunConfig:
 
             Genotype.load(self.train.head)  # a bad genotype fails here, before any data is loaded
         return self
+
+    def run_seeds(self) -> list[int]:
+        """The seeds every (method, order) runs with: seed, seed + 1, ..., seed + seeds - 1."""
+        return [self.seed + s for s in range(self.seeds)]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,6 +10,9 @@ resuming it on a machine that would choose differently is refused rather than mi
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 
 import torch
 
@@ -58,3 +61,17 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if tensor.device.type == "cpu" and device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c"))
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory that freed tensors leave behind back to the system (glibc keeps it,
+    fragmented, after the transient peaks of training and evaluation; measured: 250 MB of a
+    2.3 GB peak on a 40-relation FewRel run). A no-op where the C library has no malloc_trim."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)

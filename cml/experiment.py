@@ -11,6 +11,7 @@ import numpy as np
 
 from cml.config import RunConfig
 from cml.data import DEFAULT_ROOT, RelationDataset, load_dataset
+from cml.errors import CMLInputError
 from cml.relations import RelationSpace
 from cml.tasks import TaskOrder, make_orders, resolve_protocol
 
@@ -38,8 +39,9 @@ class Experiment:
         n_train, n_val, n_test = ds.counts()
         lines = [
             (
-                f"dataset {ds.name} ({ds.source}): {len(ds.relations)} relations, "
-                f"{n_train:,} train / {n_val:,} val / {n_test:,} test; entity types: {self.type_source}"
+                f"dataset {ds.name} ({ds.source}): {len(ds.relations)} relations, {n_train:,} train / "
+                f"{f'{n_val:,} val' if n_val else 'no validation split'} / {n_test:,} test; "
+                f"entity types: {self.type_source}"
             ),
         ]
         for i, order in enumerate(self.orders):
@@ -87,6 +89,10 @@ def curriculum_orders(space: RelationSpace, base: TaskOrder) -> list[TaskOrder]:
 def build_experiment(config: RunConfig) -> Experiment:
     data = config.data
     dataset = load_dataset(data.dataset, data.data_dir, seed=config.seed).cap_train(data.max_per_relation)
+    if not getattr(dataset, data.eval_split):
+        raise CMLInputError(
+            f"--eval-split {data.eval_split}: the dataset has no {data.eval_split} split", dataset.source
+        )
     protocol = resolve_protocol(dataset, data.order_protocol, data.task_split)
     from_file = len(dataset.task_orders[0]) if protocol == "file" else None
     n_tasks = data.n_tasks or from_file or DEFAULT_TASKS.get(dataset.name, 10)

@@ -1,15 +1,19 @@
-"""Continual-learning metrics over accuracy matrices (METHOD.md section 4), in torch.
+"""Continual-learning metrics over accuracy matrices (METHOD.md section 4), and the statistics
+that tell order effects from noise.
 
-`acc` has shape [O, K, K]: acc[o, k, j] is the accuracy on the task at position j after training
-the task at position k in order o (NaN above the diagonal, j > k). `n` has shape [O, K]: the
-number of test examples of the task at position j. Everything runs on whatever device the
-tensors live on.
+`acc` has shape [N, K, K]: acc[r, k, j] is the accuracy on the task at position j after training
+the task at position k in run r (NaN above the diagonal, j > k); a run is one (order, seed).
+`n` has shape [N, K]: the number of test examples of the task at position j. Numbers over runs
+come as [O, S] (orders x seeds). Everything runs on whatever device the tensors live on; the
+tests (p-values, intervals) use scipy.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from scipy import stats
 
@@ -34,9 +38,15 @@ def _final_and_diagonal(acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def forgetting(acc: torch.Tensor) -> torch.Tensor:
-    """f_j = max_{l < K} a[l][j] - a[K][j] for j < K; shape [O, K-1]."""
-    best = torch.nan_to_num(acc[:, :-1, :-1], nan=-torch.inf).amax(dim=1)
-    return best - acc[:, -1, :-1]
+    """f_j = max_{l < K} a[l][j] - a[K][j] for the tasks j < K; shape [N, K-1]."""
+    return unit_forgetting(acc)[..., :-1]
+
+
+def unit_forgetting(acc: torch.Tensor) -> torch.Tensor:
+    """f_u = max_{l < K} a[l][u] - a[K][u] for every unit u (task or relation) of `acc` [N, K, U],
+    NaN where a unit is not yet learned; NaN for a unit first learned at the last stage."""
+    best = torch.nan_to_num(acc[:, :-1, :], nan=-torch.inf).amax(dim=1)
+    return torch.where(torch.isinf(best), torch.nan, best - acc[:, -1, :])
 
 
 def average_forgetting(acc: torch.Tensor) -> torch.Tensor:
@@ -57,24 +67,26 @@ def backward_transfer(acc: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Spread:
-    """A number over orders: mean +/- t_{0.975, O-1} s / sqrt(O), with std and range."""
+    """A number over runs: the mean, its error bound t_{0.975, n-1} s / sqrt(n) over the n order
+    means (seeds averaged within an order; over the seeds when there is one order; None for one
+    run), and the std and range over every run."""
 
     mean: float
-    error_bound: float
+    error_bound: float | None
     std: float
     min: float
     max: float
 
-    def __str__(self) -> str:
-        return f"{100 * self.mean:.1f} ± {100 * self.error_bound:.1f}"
-
 
 def spread(values: torch.Tensor) -> Spread:
-    values = values.double().flatten()
-    o = len(values)
-    std = float(values.std()) if o > 1 else 0.0
-    bound = float(stats.t.ppf(0.975, o - 1)) * std / o**0.5 if o > 1 else float("nan")
-    return Spread(float(values.mean()), bound, std, float(values.min()), float(values.max()))
+    """`values`: one number per order [O], or per order and seed [O, S]."""
+    values = values.double()
+    values = values[:, None] if values.dim() == 1 else values
+    sample = values.mean(1) if len(values) > 1 else values[0]
+    flat, n = values.flatten(), len(sample)
+    bound = float(stats.t.ppf(0.975, n - 1) * sample.std() / n**0.5) if n > 1 else None
+    std = float(flat.std()) if len(flat) > 1 else 0.0
+    return Spread(float(flat.mean()), bound, std, float(flat.min()), float(flat.max()))
 
 
 def order_sensitivity(final_by_unit: torch.Tensor) -> torch.Tensor:
@@ -82,17 +94,115 @@ def order_sensitivity(final_by_unit: torch.Tensor) -> torch.Tensor:
     return final_by_unit.std(dim=0)
 
 
-# Difficulty-based order sensitivity (METHOD.md section 4). Rank correlations use scipy, which
-# handles ties; the arrays are one number per task or per order.
+def order_performance_difference(final_by_unit: torch.Tensor) -> torch.Tensor:
+    """OPD_j = max - min over orders of the final accuracy of unit j (Yoon et al., ICLR 2020);
+    AOPD is their mean, MOPD their max."""
+    return final_by_unit.amax(dim=0) - final_by_unit.amin(dim=0)
+
+
+@dataclass
+class VarianceParts:
+    """Final accuracy [O, S] split into a part of the order and a part of the seed (one-way
+    random-effects ANOVA with orders as groups). `order_means_std` is the std of the O order
+    means; `seed_std` the pooled std over seeds within an order; `order_std` the estimated std
+    that the order alone causes, sqrt(max(0, var(order means) - seed_var / S)); the F test (scipy)
+    asks whether orders differ more than seeds alone would make them."""
+
+    order_means_std: float | None
+    seed_std: float | None
+    order_std: float | None
+    f_statistic: float | None
+    p_value: float | None
+
+
+def variance_parts(final: torch.Tensor) -> VarianceParts:
+    final = final.double()
+    O, S = final.shape
+    means_std = float(final.mean(1).std()) if O > 1 else None
+    if S < 2:
+        return VarianceParts(means_std, None, None, None, None)
+    seed_var = float(final.var(dim=1).mean())
+    if O < 2:
+        return VarianceParts(None, seed_var**0.5, None, None, None)
+    order_var = max(0.0, means_std**2 - seed_var / S)
+    if seed_var == 0:
+        return VarianceParts(means_std, 0.0, order_var**0.5, None, None)
+    test = stats.f_oneway(*final.cpu().numpy())
+    return VarianceParts(means_std, seed_var**0.5, order_var**0.5, float(test.statistic), float(test.pvalue))
+
+
+@dataclass
+class PairedComparison:
+    """Method a against method b over the same runs (orders x seeds): the mean difference a - b
+    with its 95% t interval, the paired t test and the Wilcoxon signed-rank test (scipy)."""
+
+    n: int
+    mean_difference: float
+    ci_low: float | None
+    ci_high: float | None
+    t_p_value: float | None
+    wilcoxon_p_value: float | None
+
+
+def paired_comparison(a: torch.Tensor, b: torch.Tensor) -> PairedComparison:
+    a, b = a.double().flatten().cpu().numpy(), b.double().flatten().cpu().numpy()
+    d, n = a - b, len(a)
+    if n < 2 or (d == d[0]).all():
+        return PairedComparison(n, float(d.mean()), None, None, None, None)
+    t = stats.ttest_rel(a, b)
+    low, high = t.confidence_interval(0.95)
+    wilcoxon = stats.wilcoxon(d).pvalue  # d is not all zero here
+    return PairedComparison(n, float(d.mean()), float(low), float(high), float(t.pvalue), float(wilcoxon))
+
+
+@dataclass
+class Correlation:
+    """Spearman's rho with a permutation p-value (exact for n <= 7) and a 95% percentile bootstrap
+    interval over the resamples where rho is defined (a resample with a constant side has none)."""
+
+    rho: float
+    p_value: float
+    ci_low: float | None  # None: no resample had rho defined
+    ci_high: float | None
+    n: int
+
+
+def _spearman(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman's rho along `axis` (Pearson's r of the ranks, ties averaged), for many resamples at once."""
+    return stats.pearsonr(stats.rankdata(a, axis=axis), stats.rankdata(b, axis=axis), axis=axis).statistic
+
+
+def correlation(x, y, seed: int = 0, resamples: int = 9999) -> Correlation | None:
+    """None where rho is not defined: fewer than 3 points, or a side that is constant."""
+    x = np.asarray(torch.as_tensor(x, dtype=torch.float64).flatten().cpu())
+    y = np.asarray(torch.as_tensor(y, dtype=torch.float64).flatten().cpu())
+    if len(x) < 3 or (x == x[0]).all() or (y == y[0]).all():
+        return None
+    rng = np.random.default_rng(seed)
+    # one sample permuted against fixed y: n! pairings, enumerated exactly while n! <= resamples
+    against_y = lambda a, axis=-1: _spearman(a, np.broadcast_to(y, a.shape), axis)
+    test = stats.permutation_test((x,), against_y, permutation_type="pairings", n_resamples=resamples, rng=rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        boot = stats.bootstrap(
+            (x, y), _spearman, paired=True, method="percentile", n_resamples=resamples, rng=rng
+        ).bootstrap_distribution
+    defined = boot[~np.isnan(boot)]
+    low, high = np.percentile(defined, [2.5, 97.5]) if len(defined) else (None, None)
+    return Correlation(float(test.statistic), float(test.pvalue), _float(low), _float(high), len(x))
+
+
+def _float(x) -> float | None:
+    return None if x is None else float(x)
+
+
+# Difficulty-based order sensitivity (METHOD.md section 4).
 
 
 def difficulty_weighted_os(os_units: torch.Tensor, difficulty: torch.Tensor) -> float:
     """OS_d = sum_j d_j OS_j / sum_j d_j."""
     return float((difficulty * os_units).sum() / difficulty.sum())
-
-
-def spearman(x, y) -> float:
-    return float(stats.spearmanr(torch.as_tensor(x).cpu(), torch.as_tensor(y).cpu()).statistic)
 
 
 def curriculumness(difficulty: torch.Tensor) -> torch.Tensor:

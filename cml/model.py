@@ -58,6 +58,17 @@ class RelationModel(nn.Module):
         self.projection = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, Z_DIM))
         self.classifier = nn.Linear(width, n_relations, bias=False)
 
+    def reset_new_layers(self, seed: int) -> None:
+        """Draw the layers the pretrained encoder lacks (head, projection, classifier) afresh from
+        `seed`, consuming random numbers in construction order: a model built under
+        `torch.manual_seed(seed)` gets the same weights. A run's seeds differ here and in training."""
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for part in (self.head, self.projection, self.classifier):
+                for module in part.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """h, the relation representation the classifier and the prototypes read."""
         return self.head(self.encoder(**batch))

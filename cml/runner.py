@@ -1,7 +1,7 @@
-"""Every method over every order on the same splits and seeds, with a run directory that survives
-interruption: results appended as each task finishes, a checkpoint after each task, a report at
-the end. `--resume DIR` continues from the last finished task and gives the numbers an
-uninterrupted run would have given.
+"""Every method over every order and seed (a cell each) on the same splits, with a run directory
+that survives interruption: results appended as each task finishes, a checkpoint after each
+task, a report at the end. `--resume DIR` continues from the last finished task and gives the
+numbers an uninterrupted run would have given.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import os
 import time
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import yaml
 from tqdm import tqdm
 
 from cml.config import RunConfig
-from cml.device import resolve_device, resolve_precision
+from cml.device import release_freed_memory, resolve_device, resolve_precision
 from cml.encoder import (
     MARKERS,
     RelationEncoder,
@@ -95,15 +96,15 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     return run_dir
 
 
-def read_results(run_dir: Path) -> dict[tuple[str, int, int], dict]:
-    """Rows by (method, order, task); a task recorded twice (re-run after a crash) keeps the last row."""
+def read_results(run_dir: Path) -> dict[tuple[str, int, int, int], dict]:
+    """Rows by (method, order, seed, task); a task recorded twice (re-run after a crash) keeps the last row."""
     path = run_dir / RESULTS_FILE
     rows = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                rows[(row["method"], row["order"], row["task"])] = row
+                rows[(row["method"], row["order"], row["seed"], row["task"])] = row
     return rows
 
 
@@ -122,8 +123,6 @@ def encode_data(
     layers, also run them once over every sentence (both cached on disk)."""
     ds, pad_id = experiment.dataset, tokenizer.pad_token_id or 0
     evaluation = getattr(ds, config.data.eval_split)
-    if not evaluation:
-        raise CMLInputError(f"--eval-split {config.data.eval_split}: the dataset has no {config.data.eval_split} split")
     splits = [
         tokenize_cached(tokenizer, examples, ds.label_of, config.encoder.max_length, cache_dir())
         for examples in (ds.train, evaluation)
@@ -146,6 +145,24 @@ def build_learner(config: RunConfig, experiment: Experiment, device: torch.devic
     return model, data, MethodContext(experiment.space, config.cml, len(experiment.orders[0].tasks))
 
 
+class Cell(NamedTuple):
+    """One continual run: a method over one task order with one seed."""
+
+    method: str
+    order: int
+    seed: int
+
+
+def cells(config: RunConfig, experiment: Experiment) -> list[Cell]:
+    """Every (method, order, seed) of the run, in the order they run."""
+    return [
+        Cell(method, o, seed)
+        for method in config.train.methods
+        for seed in config.run_seeds()
+        for o in range(len(experiment.orders))
+    ]
+
+
 def run(
     config: RunConfig,
     experiment: Experiment,
@@ -153,7 +170,7 @@ def run(
     progress: bool = True,
     timer: PhaseTimer | None = None,
 ) -> dict:
-    """Run every method on every order; returns the report (also written to the run directory).
+    """Run every cell; returns the report (also written to the run directory).
     `timer` collects where the time goes (the report holds its totals)."""
     from cml.report import write_report
 
@@ -167,56 +184,68 @@ def run(
         tqdm.write(f"device {device}, precision {config.train.precision}")
     with timer("data and model"):
         model, data, context = build_learner(config, experiment, device)
-    initial = copy.deepcopy(model.state_dict())
+    release_freed_memory()
+    pretrained = copy.deepcopy(model.state_dict())
     rows = read_results(run_dir)
-    methods, orders = config.train.methods, experiment.orders
     with (run_dir / RESULTS_FILE).open("a") as log:
-        for method in tqdm(methods, desc="methods", disable=not progress):
-            for o, order in enumerate(tqdm(orders, desc=f"{method}: orders", leave=False, disable=not progress)):
-                model.load_state_dict(initial)
-                engine = Engine(model, data, config, METHODS[method], context, device, progress=progress, timer=timer)
-                start = _restore(engine, run_dir, rows, method, o, len(order.tasks))
-                tasks = tqdm(
-                    range(start, len(order.tasks)),
-                    desc=f"{method} order {o}: tasks",
-                    leave=False,
-                    initial=start,
-                    total=len(order.tasks),
-                    disable=not progress,
-                )
-                for k in tasks:
-                    engine.seed = task_seed(config.seed, method, o, k)
-                    torch.manual_seed(engine.seed)
-                    began, examples = time.perf_counter(), timer.examples[TRAIN_PHASE]
-                    result = engine.run_task(order.tasks[k])
-                    row = {
-                        "method": method,
-                        "order": o,
-                        "task": k,
-                        "relations": order.tasks[k],
-                        **vars(result),
-                        "seconds": round(time.perf_counter() - began, 2),
-                        "train_examples": timer.examples[TRAIN_PHASE] - examples,
-                    }
-                    rows[(method, o, k)] = row
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
-                    _checkpoint(engine, run_dir, method, o, k, last=k == len(order.tasks) - 1)
-                    tqdm.write(
-                        f"[{method}] order {o} task {k + 1}/{len(order.tasks)}: "
-                        f"whole acc {100 * result.whole_accuracy:.1f}, "
-                        f"current task {100 * result.task_accuracy[-1]:.1f} ({row['seconds']:.1f} s)"
-                    )
+        for cell in tqdm(cells(config, experiment), desc="runs (method, order, seed)", disable=not progress):
+            model.load_state_dict(pretrained)
+            model.reset_new_layers(cell.seed)
+            engine = Engine(model, data, config, METHODS[cell.method], context, device, progress=progress, timer=timer)
+            run_cell(engine, cell, experiment.orders[cell.order].tasks, run_dir, rows, log, progress)
     return write_report(run_dir, config, experiment, rows, timer.summary())
 
 
-def _checkpoint_path(run_dir: Path, method: str, order: int) -> Path:
-    return run_dir / CHECKPOINTS / f"{method}-order{order}.pt"
+def run_cell(
+    engine: Engine, cell: Cell, tasks: list[list[str]], run_dir: Path, rows: dict, log, progress: bool
+) -> None:
+    """The tasks of one cell not yet in `rows`, from its checkpoint; each task's row is appended
+    to `log` and `rows` as it finishes."""
+    method, o, seed = cell
+    start = _restore(engine, run_dir, rows, cell, len(tasks))
+    bar = tqdm(
+        range(start, len(tasks)),
+        desc=f"{method} order {o} seed {seed}: tasks",
+        leave=False,
+        initial=start,
+        total=len(tasks),
+        disable=not progress,
+    )
+    timer = engine.timer
+    for k in bar:
+        engine.seed = task_seed(seed, method, o, k)
+        torch.manual_seed(engine.seed)
+        began, examples = time.perf_counter(), timer.examples[TRAIN_PHASE]
+        result = engine.run_task(tasks[k])
+        row = {
+            "method": method,
+            "order": o,
+            "seed": seed,
+            "task": k,
+            "relations": tasks[k],
+            **vars(result),
+            "seconds": round(time.perf_counter() - began, 2),
+            "train_examples": timer.examples[TRAIN_PHASE] - examples,
+        }
+        rows[(method, o, seed, k)] = row
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        _checkpoint(engine, run_dir, cell, k, last=k == len(tasks) - 1)
+        release_freed_memory()
+        tqdm.write(
+            f"[{method}] order {o} seed {seed} task {k + 1}/{len(tasks)}: "
+            f"whole acc {100 * result.whole_accuracy:.1f}, "
+            f"current task {100 * result.task_accuracy[-1]:.1f} ({row['seconds']:.1f} s)"
+        )
 
 
-def _checkpoint(engine: Engine, run_dir: Path, method: str, order: int, task: int, last: bool) -> None:
-    """Keep the state after the last finished task; an order's checkpoint goes once the order is done."""
-    path = _checkpoint_path(run_dir, method, order)
+def _checkpoint_path(run_dir: Path, cell: Cell) -> Path:
+    return run_dir / CHECKPOINTS / f"{cell.method}-order{cell.order}-seed{cell.seed}.pt"
+
+
+def _checkpoint(engine: Engine, run_dir: Path, cell: Cell, task: int, last: bool) -> None:
+    """Keep the state after the last finished task; a cell's checkpoint goes once the cell is done."""
+    path = _checkpoint_path(run_dir, cell)
     if last:
         path.unlink(missing_ok=True)
         return
@@ -225,12 +254,12 @@ def _checkpoint(engine: Engine, run_dir: Path, method: str, order: int, task: in
     tmp.replace(path)
 
 
-def _restore(engine: Engine, run_dir: Path, rows: dict, method: str, order: int, n_tasks: int) -> int:
-    """The first task still to run for (method, order), with the engine restored to the state before it."""
-    done = sum(1 for k in range(n_tasks) if (method, order, k) in rows)
+def _restore(engine: Engine, run_dir: Path, rows: dict, cell: Cell, n_tasks: int) -> int:
+    """The first task of `cell` still to run, with the engine restored to the state before it."""
+    done = sum(1 for k in range(n_tasks) if (*cell, k) in rows)
     if done == n_tasks:
         return n_tasks
-    path = _checkpoint_path(run_dir, method, order)
+    path = _checkpoint_path(run_dir, cell)
     if not path.exists():
         return 0
     state = torch.load(path, weights_only=False)

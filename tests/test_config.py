@@ -79,3 +79,11 @@ def test_the_literature_configs_run_end_to_end_on_the_tiny_model(name, tmp_path,
     assert saved.loss == load_config(config).loss
     report = json.loads((out / "report.json").read_text())
     assert set(report["methods"]) == set(load_config(config).train.methods)
+
+
+def test_seeds_below_one_is_an_input_error(tmp_path, capsys):
+    from cml.cli import main
+
+    assert main(["--seeds", "0", "--encoder", "tiny", "--output", str(tmp_path / "run")]) == 2
+    assert "seeds is 0; it must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

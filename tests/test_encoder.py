@@ -18,12 +18,15 @@ def test_markers_are_atomic_and_positions_point_at_them(tiny, demo):
         assert tokenizer.convert_tokens_to_string(head) == demo.train[i].head_text
 
 
-def test_dynamic_padding_pads_to_the_longest_in_the_batch(tiny, demo):
+def test_dynamic_padding_pads_to_the_longest_in_the_batch_rounded_up_to_a_multiple_of_8(tiny, demo):
     tokenizer, encoder = tiny
     split = tokenize(tokenizer, demo.train[:20], demo.label_of)
     lengths = split.lengths
     batch = split.batch([0, 5, 7])
-    assert batch["input_ids"].shape == (3, int(lengths[[0, 5, 7]].max()))
+    longest = int(lengths[[0, 5, 7]].max())
+    width = batch["input_ids"].shape[1]
+    assert batch["input_ids"].shape[0] == 3 and width % 8 == 0 and longest <= width < longest + 8
+    assert (batch["input_ids"][:, longest:] == tokenizer.pad_token_id).all()
     assert batch["attention_mask"].sum(1).tolist() == lengths[[0, 5, 7]].tolist()
     out = encoder.eval()(**batch)
     assert out.shape == (3, 2 * encoder.backbone.config.hidden_size)

@@ -31,7 +31,9 @@ def small_config(output, methods=("finetune", "replay", "joint"), orders=2) -> R
 
 def rows_without_time(run_dir):
     rows = [json.loads(line) for line in (run_dir / RESULTS_FILE).read_text().splitlines()]
-    latest = {(r["method"], r["order"], r["task"]): {k: v for k, v in r.items() if k != "seconds"} for r in rows}
+    latest = {
+        (r["method"], r["order"], r["seed"], r["task"]): {k: v for k, v in r.items() if k != "seconds"} for r in rows
+    }
     return [latest[k] for k in sorted(latest)]
 
 
@@ -74,7 +76,7 @@ def test_same_seed_same_numbers_and_resume_matches_an_uninterrupted_run(tmp_path
     monkeypatch.setattr(Engine, "run_task", crash_on_seventh)
     with pytest.raises(KeyboardInterrupt):
         run(interrupted, experiment, progress=False)
-    assert (tmp_path / "cut" / "checkpoints" / f"{method}-order1.pt").exists()
+    assert (tmp_path / "cut" / "checkpoints" / f"{method}-order1-seed{interrupted.seed}.pt").exists()
     assert len(rows_without_time(tmp_path / "cut")) == 6
     monkeypatch.setattr(Engine, "run_task", original)
     assert main(["--resume", str(tmp_path / "cut")]) == 0
@@ -224,3 +226,58 @@ def test_a_stage_with_every_loss_weight_at_zero_touches_nothing(tmp_path, capsys
     assert main(["--method", "crl", "--loss-supcon", "0", "--output", str(out), "--encoder", "tiny"]) == 2
     assert "the learn stage has no loss term left: --loss-supcon all 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_seeds_repeat_every_order_and_the_report_separates_orders_from_seeds(tmp_path):
+    one = small_config(tmp_path / "one", methods=("finetune", "replay"))
+    run(one, build_experiment(one), progress=False)
+    two = small_config(tmp_path / "two", methods=("finetune", "replay"))
+    two.seeds = 2
+    report = run(two, build_experiment(two), progress=False)
+    rows = rows_without_time(tmp_path / "two")
+    assert {(r["method"], r["order"], r["seed"]) for r in rows} == {
+        (m, o, s) for m in ("finetune", "replay") for o in (0, 1) for s in (3, 4)
+    }
+    assert [r for r in rows if r["seed"] == 3] == rows_without_time(
+        tmp_path / "one"
+    )  # the first seed is the run's seed
+    final = lambda m, s: [r["task_accuracy"] for r in rows if (r["method"], r["seed"], r["task"]) == (m, s, 4)]
+    assert final("replay", 3) != final("replay", 4)  # another seed, other numbers
+    parts = report["methods"]["replay"]["variance_parts"]
+    per_run = torch.tensor(report["methods"]["replay"]["final_whole_accuracy_per_run"])
+    assert per_run.shape == (2, 2)
+    assert parts["seed_std"] == pytest.approx(float(per_run.var(dim=1).mean()) ** 0.5)
+    (pair,) = report["comparisons"]
+    assert (pair["a"], pair["b"], pair["n"]) == ("finetune", "replay", 4)
+    finetune = torch.tensor(report["methods"]["finetune"]["final_whole_accuracy_per_run"])
+    assert pair["mean_difference"] == pytest.approx(float((finetune - per_run).mean()))
+    md = (tmp_path / "two" / "report.md").read_text()
+    assert "## Orders and seeds" in md and "## Paired comparisons" in md and "| finetune − replay | 4 |" in md
+    assert (tmp_path / "two" / "relation_difficulty_forgetting.png").exists()
+
+
+def test_one_run_reports_no_nan_and_no_error_bounds(tmp_path):
+    config = small_config(tmp_path / "run", methods=("replay",), orders=1)
+    run(config, build_experiment(config), progress=False)
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "nan" not in md.lower() and "±" not in md.split("## Definitions")[0]
+    assert "NaN" not in (tmp_path / "run" / "report.json").read_text()
+
+
+@pytest.mark.parametrize("head", ["projection", "linear", "mlp"])
+def test_new_layers_drawn_from_a_seed_match_a_model_built_under_it(tiny, head):
+    from cml.encoder import RelationEncoder
+    from cml.model import RelationModel
+
+    _, encoder = tiny
+    built = {}
+    for seed in (5, 6):
+        torch.manual_seed(seed)
+        built[seed] = RelationModel(RelationEncoder(encoder.backbone), 7, head).state_dict()
+    model = RelationModel(RelationEncoder(encoder.backbone), 7, head)
+    model.reset_new_layers(5)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, built[5][name])
+    model.reset_new_layers(6)
+    assert not torch.equal(model.classifier.weight, built[5]["classifier.weight"])
+    torch.testing.assert_close(model.classifier.weight, built[6]["classifier.weight"])

@@ -1,9 +1,11 @@
 """Metrics against matrices worked out by hand (numbers in the comments)."""
 
+import itertools
 import math
 
 import pytest
 import torch
+from scipy import stats
 
 from cml import metrics
 
@@ -74,4 +76,76 @@ def test_difficulty_based_metrics_by_hand():
     d = torch.tensor([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1], [0.2, 0.1, 0.3]])
     torch.testing.assert_close(metrics.curriculumness(d), torch.tensor([1.0, -1.0, 1 / 3], dtype=torch.float64))
     # Spearman without ties: 1 - 6 sum d^2 / (n (n^2 - 1)) = 1 - 6 * 2 / 60 = .8
-    assert metrics.spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
+    assert metrics.correlation([1, 2, 3, 4], [10, 30, 20, 40]).rho == pytest.approx(0.8)
+
+
+def test_relation_forgetting_leaves_out_units_learned_last():
+    # run 0: relation 0 learned at stage 0 (.9, then .6, final .5), relation 1 only at the last stage
+    acc = torch.tensor([[[0.9, nan], [0.6, nan], [0.5, 0.8]]], dtype=torch.float64)
+    f = metrics.unit_forgetting(acc)
+    assert f[0, 0].item() == pytest.approx(0.4) and math.isnan(f[0, 1].item())
+
+
+def test_order_performance_difference():
+    # units over 3 orders: [.5, .6, .8] -> .3; [.7, .7, .7] -> 0; [.9, 1., .95] -> .1
+    final = torch.tensor([[0.5, 0.7, 0.9], [0.6, 0.7, 1.0], [0.8, 0.7, 0.95]], dtype=torch.float64)
+    opd = metrics.order_performance_difference(final)
+    torch.testing.assert_close(opd, torch.tensor([0.3, 0.0, 0.1], dtype=torch.float64))
+    assert float(opd.mean()) == pytest.approx(0.4 / 3) and float(opd.max()) == pytest.approx(0.3)
+
+
+def test_spread_over_orders_and_seeds():
+    # order means .75 and .85 (seeds averaged): bound t_{0.975,1} * s(.75, .85) / sqrt 2; std over all four runs
+    s = metrics.spread(torch.tensor([[0.7, 0.8], [0.8, 0.9]]))
+    assert s.mean == pytest.approx(0.8)
+    assert s.error_bound == pytest.approx(12.7062047 * 0.0707107 / 2**0.5, rel=1e-5)
+    assert s.std == pytest.approx((0.02 / 3) ** 0.5) and (s.min, s.max) == (pytest.approx(0.7), pytest.approx(0.9))
+    assert metrics.spread(torch.tensor([0.7])).error_bound is None  # one run: no bound, never NaN
+    # one order, three seeds: the bound is over the seeds
+    one = metrics.spread(torch.tensor([[0.7, 0.8, 0.9]]))
+    assert one.error_bound == pytest.approx(4.3026527 * 0.1 / 3**0.5, rel=1e-5)
+
+
+def test_variance_parts_by_hand():
+    # orders x seeds: [[.70, .72], [.80, .84], [.60, .62]]
+    # within-order variances: .0002, .0008, .0002 -> seed var .0004, seed std .02
+    # order means .71, .82, .61: variance ((.71-.7133)^2 + (.82-.7133)^2 + (.61-.7133)^2) / 2 = .011033
+    # order var = .011033 - .0004 / 2 = .010833; F = S var(means) / seed var = 2 * .011033 / .0004 = 55.17
+    final = torch.tensor([[0.70, 0.72], [0.80, 0.84], [0.60, 0.62]], dtype=torch.float64)
+    v = metrics.variance_parts(final)
+    assert v.seed_std == pytest.approx(0.02)
+    assert v.order_means_std == pytest.approx(0.0110333**0.5, rel=1e-4)
+    assert v.order_std == pytest.approx(0.0108333**0.5, rel=1e-4)
+    assert v.f_statistic == pytest.approx(55.1667, rel=1e-4)
+    assert v.p_value == pytest.approx(1 - stats.f.cdf(55.1667, 2, 3), rel=1e-3)
+    # one seed per order: nothing separates them
+    assert metrics.variance_parts(final[:, :1]).seed_std is None
+
+
+def test_paired_comparison_by_hand():
+    # differences .02, .04, .00, .02: mean .02, s = .0163299, t = .02 / (s / 2) = 2.4495 on 3 df
+    a = torch.tensor([0.72, 0.74, 0.70, 0.73])
+    b = torch.tensor([0.70, 0.70, 0.70, 0.71])
+    c = metrics.paired_comparison(a, b)
+    assert c.n == 4 and c.mean_difference == pytest.approx(0.02, abs=1e-6)
+    assert c.t_p_value == pytest.approx(2 * stats.t.sf(2.4494897, 3), rel=1e-4)
+    half = 3.1824463 * 0.0163299 / 2  # t_{0.975, 3} s / sqrt n
+    assert (c.ci_low, c.ci_high) == (pytest.approx(0.02 - half, rel=1e-4), pytest.approx(0.02 + half, rel=1e-4))
+    # Wilcoxon on the non-zero differences (.02, .04, .02): all positive, exact two-sided p = 2 / 2^3 = .25
+    assert c.wilcoxon_p_value == pytest.approx(0.25)
+    same = metrics.paired_comparison(a, a)
+    assert same.mean_difference == 0 and same.t_p_value is None
+
+
+def test_correlation_p_value_against_every_permutation():
+    x, y = [1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0]
+    c = metrics.correlation(x, y)
+    observed = stats.spearmanr(x, y).statistic
+    rhos = [stats.spearmanr(x, list(p)).statistic for p in itertools.permutations(y)]
+    assert c.rho == pytest.approx(observed)
+    assert c.p_value == pytest.approx(sum(abs(r) >= abs(observed) - 1e-12 for r in rhos) / len(rhos))
+    assert c.ci_low <= c.rho <= c.ci_high and -1 <= c.ci_low and c.ci_high <= 1
+    # a perfectly monotone relation: every resample with rho defined has rho = 1
+    perfect = metrics.correlation(range(10), [v**2 for v in range(10)])
+    assert perfect.ci_low == pytest.approx(1) and perfect.ci_high == pytest.approx(1)
+    assert metrics.correlation([1, 2], [3, 4]) is None and metrics.correlation([1, 1, 1], [1, 2, 3]) is None

@@ -1,12 +1,16 @@
-"""Datasets by name: `demo`, `fewrel`, `tacred`, or a path to any file or directory in FewRel format."""
+"""Datasets by name (`demo`, `fewrel`, `tacred`), by path (FewRel's JSON, pre-split or raw; the
+split files of RP-CRE / CRL or of CEAR), or on the Hugging Face hub (`hf:ID`)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from cml.data.cre import MARKED_FILES, is_cear, load_cear, load_marked
 from cml.data.demo import make_demo
 from cml.data.fewrel import PRESPLIT_FILES, RAW_FILES, download_fewrel, load_fewrel_dir, load_fewrel_file
+from cml.data.hub import PREFIX as HUB_PREFIX
+from cml.data.hub import load_hub_dataset
 from cml.data.records import RelationDataset, RelationExample
 from cml.data.tacred import load_tacred_dir
 from cml.errors import CMLInputError
@@ -41,11 +45,19 @@ def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -
         return load_fewrel_dir(directory, seed)
     if name == "tacred":
         return load_tacred_dir(resolve_data_dir(name, data_dir))
+    if name.startswith(HUB_PREFIX):
+        return load_hub_dataset(name, seed)
     path = Path(name)
+    if path.name in MARKED_FILES or (path.is_dir() and any((path / f).exists() for f in MARKED_FILES)):
+        return load_marked(path)
+    if is_cear(path):
+        return load_cear(path)
     if path.is_file():
         return load_fewrel_file(path, seed)
     if path.is_dir():
         return load_fewrel_dir(path, seed, name=path.name)
     raise CMLInputError(
-        f"unknown dataset {name!r}: use one of {', '.join(NAMED)} or a path to a FewRel-format file or directory"
+        f"unknown dataset {name!r}: use one of {', '.join(NAMED)}, {HUB_PREFIX}ID (Hugging Face), or a path to "
+        "FewRel-format JSON (a file, a pre-split or raw directory), RP-CRE / CRL's data_with_marker*.json, "
+        "or CEAR's data directory (task_order.json, Exp0/)"
     )

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cml.data.io import read_json
+from cml.data.io import read_by_relation, read_json
 from cml.data.records import RelationDataset, RelationExample
 from cml.errors import CMLInputError
 
-PRESPLIT_FILES = ("train.json", "val.json", "test.json")
+PRESPLIT_FILES = ("train.json", "test.json")  # and val.json where there is a validation split
+VAL_FILE = "val.json"
 RAW_FILES = ("train_wiki.json", "val_wiki.json")
 SPLIT_RATIOS = (0.6, 0.2, 0.2)  # 420 / 140 / 140 of FewRel's 700 per relation
 FEWREL_URL = "https://github.com/thunlp/FewRel/raw/master/data"
@@ -47,18 +48,10 @@ def _span(entity: object, where: str, path: Path) -> tuple[str | None, tuple[int
 def read_fewrel_file(path: str | Path) -> dict[str, list[RelationExample]]:
     """Parse and check one FewRel-format file; relations keep the file's order."""
     path = Path(path)
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise CMLInputError("expected a JSON object {relation: [examples]}", path)
     out: dict[str, list[RelationExample]] = {}
-    for relation, items in data.items():
-        if not isinstance(items, list):
-            raise CMLInputError(f"relation {relation}: expected a list of examples", path)
+    for relation, records in read_by_relation(path, ("tokens", "h", "t")).items():
         examples = []
-        for i, item in enumerate(items):
-            where = f"relation {relation}, example {i}"
-            if not isinstance(item, dict) or not {"tokens", "h", "t"} <= item.keys():
-                raise CMLInputError(f"{where}: expected keys tokens, h, t", path)
+        for where, item in records:
             head_id, head = _span(item["h"], where, path)
             tail_id, tail = _span(item["t"], where, path)
             ex = RelationExample(tuple(item["tokens"]), head, tail, relation, head_id, tail_id)
@@ -93,7 +86,11 @@ def split_by_ratio(
 
 def read_task_orders(path: Path, relations: list[str]) -> list[list[list[str]]]:
     """Task orders: a list of orders, each a list of tasks, each a list of relation ids."""
-    orders = read_json(path)
+    return check_task_orders(read_json(path), relations, path)
+
+
+def check_task_orders(orders, relations: list[str], path: Path) -> list[list[list[str]]]:
+    """`orders` if it is a list of orders of tasks of known relations, none named twice in an order."""
     known = set(relations)
     if not isinstance(orders, list) or not all(isinstance(o, list) for o in orders):
         raise CMLInputError("expected a list of orders, each a list of tasks (lists of relation ids)", path)
@@ -127,12 +124,14 @@ def _with_orders(ds: RelationDataset, directory: Path) -> RelationDataset:
 
 
 def load_fewrel_dir(directory: str | Path, seed: int = 0, name: str = "fewrel") -> RelationDataset:
-    """A pre-split directory (train/val/test.json) or the raw release (train_wiki + val_wiki)."""
+    """A pre-split directory (train.json, test.json, and val.json where there is a validation
+    split) or the raw release (train_wiki + val_wiki)."""
     directory = Path(directory)
     if all((directory / f).exists() for f in PRESPLIT_FILES):
-        splits = [read_fewrel_file(directory / f) for f in PRESPLIT_FILES]
+        files = ("train.json", VAL_FILE, "test.json")
+        splits = [read_fewrel_file(directory / f) if (directory / f).exists() else {} for f in files]
         relations = list(splits[0])
-        for f, split in zip(PRESPLIT_FILES[1:], splits[1:]):
+        for f, split in zip(files[1:], splits[1:]):
             unknown = set(split) - set(relations)
             if unknown:
                 raise CMLInputError(f"relations not in train.json: {sorted(unknown)[:5]}", directory / f)
@@ -142,7 +141,8 @@ def load_fewrel_dir(directory: str | Path, seed: int = 0, name: str = "fewrel") 
     raw = [directory / f for f in RAW_FILES if (directory / f).exists()]
     if not raw:
         raise CMLInputError(
-            f"no FewRel files: expected {', '.join(PRESPLIT_FILES)} (pre-split) or {', '.join(RAW_FILES)} (raw)",
+            f"no FewRel files: expected {', '.join(PRESPLIT_FILES)} (pre-split, with {VAL_FILE} if there is a "
+            f"validation split) or {', '.join(RAW_FILES)} (raw)",
             directory,
         )
     per_relation: dict[str, list[RelationExample]] = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 from cml.errors import CMLInputError
 
 Span = tuple[int, int]  # [start, end) token positions
+MARKERS = ("[E11]", "[E12]", "[E21]", "[E22]")  # before and after the head, before and after the tail
 
 
 @dataclass(frozen=True)
