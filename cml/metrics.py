@@ -189,12 +189,8 @@ def correlation(x, y, seed: int = 0, resamples: int = 9999) -> Correlation | Non
             (x, y), _spearman, paired=True, method="percentile", n_resamples=resamples, rng=rng
         ).bootstrap_distribution
     defined = boot[~np.isnan(boot)]
-    low, high = np.percentile(defined, [2.5, 97.5]) if len(defined) else (None, None)
-    return Correlation(float(test.statistic), float(test.pvalue), _float(low), _float(high), len(x))
-
-
-def _float(x) -> float | None:
-    return None if x is None else float(x)
+    low, high = map(float, np.percentile(defined, [2.5, 97.5])) if len(defined) else (None, None)
+    return Correlation(float(test.statistic), float(test.pvalue), low, high, len(x))
 
 
 # Difficulty-based order sensitivity (METHOD.md section 4).

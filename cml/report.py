@@ -321,8 +321,11 @@ def orders_and_seeds(methods: dict, n_seeds: int) -> list[str]:
             "`--seeds 2` or more separates them."
         ]
 
-    def effect(p: float | None) -> str:
-        return "-" if p is None else ("yes (p < 0.05)" if p < 0.05 else "not distinguishable from seed noise")
+    def variance_cells(v: dict) -> list[str]:
+        p = v["p_value"]
+        effect = "-" if p is None else ("yes (p < 0.05)" if p < 0.05 else "not distinguishable from seed noise")
+        stds = (v["order_means_std"], v["seed_std"], v["order_std"])
+        return [*(num(x, 100) for x in stds), num(v["f_statistic"]), p_value(p), effect]
 
     return lines + [
         "Final W split into the part of the order and the part of the seed (one-way ANOVA, orders as groups). "
@@ -338,18 +341,7 @@ def orders_and_seeds(methods: dict, n_seeds: int) -> list[str]:
                 "p",
                 "order effect",
             ],
-            [
-                [
-                    name,
-                    num(v["order_means_std"], 100),
-                    num(v["seed_std"], 100),
-                    num(v["order_std"], 100),
-                    num(v["f_statistic"]),
-                    p_value(v["p_value"]),
-                    effect(v["p_value"]),
-                ]
-                for name, v in ((name, m["variance_parts"]) for name, m in methods.items())
-            ],
+            [[name, *variance_cells(m["variance_parts"])] for name, m in methods.items()],
         ),
     ]
 

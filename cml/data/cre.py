@@ -37,7 +37,7 @@ FEWREL_CUT = (420, 140)  # train, val; the rest is test
 RELATIONS_PER_TASK = {"fewrel": 8, "tacred": 4}
 SPLIT_SEED, ORDER_SEED, ORDER_STEP, ROUNDS = 2021, 2021, 100, 5
 CEAR_ORDERS, CEAR_SPLIT = "task_order.json", "Exp0"
-BERT_UNCASED_SPECIAL = {0: None, 101: None, 102: None}  # [PAD], [CLS], [SEP]: not words
+BERT_UNCASED_SPECIAL = {0, 101, 102}  # [PAD], [CLS], [SEP]: not words
 BERT_UNCASED_MARKERS = {30522: "[E11]", 30523: "[E12]", 30524: "[E21]", 30525: "[E22]"}
 
 
