@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cml.config import CHOICES, LossConfig, RunConfig, load_config
-from cml.errors import CMLInputError
+from cml.errors import CMLInputError, DivergedError
 
 # flag destination -> (config section, field); "" is the top level
 FLAGS = {
@@ -58,6 +58,10 @@ FLAGS = {
     "seed": ("", "seed"),
     "seeds": ("", "seeds"),
     "device": ("", "device"),
+    "executor": ("executor", "name"),
+    "ray_address": ("executor", "ray_address"),
+    "cpus_per_cell": ("executor", "cpus_per_cell"),
+    "gpus_per_cell": ("executor", "gpus_per_cell"),
     # every loss weight and constant: --loss-<field>
     **{f"loss_{f.name}": ("loss", f.name) for f in dataclasses.fields(LossConfig)},
 }
@@ -168,6 +172,27 @@ def parser() -> argparse.ArgumentParser:
         choices=CHOICES["precision"],
         help="bf16 autocast or fp32; auto (default): bf16 where the GPU or CPU multiplies bf16 natively",
     )
+    p.add_argument(
+        "--executor",
+        choices=CHOICES["executor"],
+        help="where the (method, order, seed) cells run: local (default; this process, one after another) or ray "
+        '(a Ray task each, side by side; pip install -e ".[ray]")',
+    )
+    p.add_argument(
+        "--ray-address",
+        help="ray: the cluster to join (auto, or host:port); default: start Ray on this machine",
+    )
+    p.add_argument(
+        "--cpus-per-cell",
+        type=int,
+        help="threads of one cell, and the CPUs Ray reserves for it (default: all cores locally, 1 on ray); on a "
+        "CPU the numbers depend on it, so equal values give equal rows on either executor",
+    )
+    p.add_argument(
+        "--gpus-per-cell",
+        type=float,
+        help="ray: GPUs one cell holds; a fraction lets cells share a GPU (e.g. 0.25: four cells per GPU)",
+    )
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last finished task")
     p.add_argument("--freeze-layers", type=int, help="freeze the embeddings and this many bottom encoder layers")
     p.add_argument("--plan-only", action="store_true", help="load the data, print the task plan and stop")
@@ -211,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except CMLInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DivergedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

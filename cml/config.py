@@ -117,6 +117,17 @@ class SearchConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """Where the cells of a run execute (cml/executors.py). On a CPU a cell's numbers depend on its
+    thread count, never on where it runs: the same seeds and `cpus_per_cell` give the same rows."""
+
+    name: str = "local"  # local (this process, one cell after another) or ray (one Ray task per cell)
+    ray_address: str | None = None  # ray: None starts Ray on this machine; auto or host:port joins a cluster
+    cpus_per_cell: int | None = None  # threads of a cell, and the Ray CPUs it holds; default: all (local), 1 (ray)
+    gpus_per_cell: float = 0.0  # ray: GPUs a cell holds, a fraction to share one GPU between cells
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -124,6 +135,7 @@ class RunConfig:
     cml: CMLConfig = field(default_factory=CMLConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     output: str = "runs/latest"
     seed: int = 2021
     seeds: int = 1  # runs of every (method, order), with seeds seed, seed + 1, ...
@@ -146,11 +158,13 @@ class RunConfig:
             ("cml.meta_schedule", self.cml.meta_schedule, CHOICES["meta_schedule"]),
             ("search.method", self.search.method, CHOICES["nas_method"]),
             ("search.relaxation", self.search.relaxation, CHOICES["relaxation"]),
+            ("executor.name", self.executor.name, CHOICES["executor"]),
         ):
             if value not in allowed:
                 raise CMLInputError(f"{where} is {value!r}; use one of {', '.join(allowed)}", source)
         if self.seeds < 1:
             raise CMLInputError(f"seeds is {self.seeds}; it must be at least 1", source)
+        self._check_executor(source)
         if self.data.order_protocol is not None and self.data.order_protocol not in CHOICES["order_protocol"]:
             raise CMLInputError(
                 f"data.order_protocol is {self.data.order_protocol!r}; use one of {', '.join(CHOICES['order_protocol'])}",
@@ -170,6 +184,19 @@ class RunConfig:
 
             Genotype.load(self.train.head)  # a bad genotype fails here, before any data is loaded
         return self
+
+    def _check_executor(self, source: str) -> None:
+        ex = self.executor
+        if ex.cpus_per_cell is not None and ex.cpus_per_cell < 1:
+            raise CMLInputError(f"executor.cpus_per_cell is {ex.cpus_per_cell}; it must be at least 1", source)
+        if ex.gpus_per_cell < 0:
+            raise CMLInputError(f"executor.gpus_per_cell is {ex.gpus_per_cell}; it must not be negative", source)
+        if ex.name == "local" and (ex.gpus_per_cell or ex.ray_address is not None):
+            raise CMLInputError(
+                "executor.gpus_per_cell and executor.ray_address apply to the ray executor; "
+                "the local one runs on --device (add --executor ray)",
+                source,
+            )
 
     def run_seeds(self) -> list[int]:
         """The seeds every (method, order) runs with: seed, seed + 1, ..., seed + seeds - 1."""
@@ -200,6 +227,7 @@ CHOICES = {
     "meta_schedule": ("fixed", "linear", "sqrt"),
     "nas_method": ("darts1", "darts2", "idarts"),
     "relaxation": ("softmax", "gumbel", "sparse"),
+    "executor": ("local", "ray"),
 }
 SECTIONS = {
     "data": DataConfig,
@@ -208,6 +236,7 @@ SECTIONS = {
     "cml": CMLConfig,
     "loss": LossConfig,
     "search": SearchConfig,
+    "executor": ExecutorConfig,
 }
 
 

@@ -307,17 +307,17 @@ class RelationEncoder(nn.Module):
                 raise CMLInputError(
                     f"cannot freeze {frozen_layers} of {len(backbone.encoder.layer)} encoder layers: one must train"
                 )
-            for module in self._frozen_modules():
+            for module in self.frozen_modules():
                 module.requires_grad_(False)
 
-    def _frozen_modules(self) -> list[nn.Module]:
+    def frozen_modules(self) -> list[nn.Module]:
         if self.frozen_layers == 0:
             return []
         return [self.backbone.embeddings, *self.backbone.encoder.layer[: self.frozen_layers]]
 
     def train(self, mode: bool = True) -> RelationEncoder:
         super().train(mode)
-        for module in self._frozen_modules():
+        for module in self.frozen_modules():
             module.eval()
         return self
 
@@ -410,15 +410,18 @@ def build_encoder(name: str = DEFAULT_ENCODER, seed: int = 0, frozen_layers: int
 
 def frozen_states_cached(
     encoder: RelationEncoder,
-    name: str,
-    marker_init: str,
     split: EncodedSplit,
     pad_id: int,
     cache_dir: Path | None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """`frozen_states`, memoised on disk by (encoder, marker embeddings, frozen layers, word pieces)."""
-    ids = hashlib.sha1(split.ids.numpy().tobytes()).hexdigest()
-    key = fingerprint(name, marker_init, encoder.frozen_layers, ids, split.offsets[-1])
+    """`frozen_states`, memoised on disk by the frozen weights themselves (the encoder, its marker
+    embeddings, the seed of a random one), the word pieces and the padding (batch shapes change
+    the kernels' rounding)."""
+    digest = hashlib.sha1(split.ids.numpy().tobytes())
+    for module in encoder.frozen_modules():
+        for tensor in module.state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    key = fingerprint(encoder.frozen_layers, digest.hexdigest(), split.offsets[-1], PAD_MULTIPLE)
     path = Path(cache_dir) / f"frozen-{key}.pt" if cache_dir is not None else None
     return memo(path, lambda: frozen_states(encoder, split, pad_id, device=device))

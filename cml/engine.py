@@ -15,7 +15,7 @@ task changes lives here: the model, the memory, the prototypes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
@@ -71,6 +71,11 @@ class TaskResult:
     old_accuracy: float | None = None  # over the relations of earlier tasks (None on the first task)
     new_accuracy: float = 0.0  # over the relations of this task
     classifiers: dict[str, dict[str, float | None]] = field(default_factory=dict)  # every classifier: whole/old/new
+
+    @classmethod
+    def from_row(cls, row: dict) -> TaskResult:
+        """The result a row of results.jsonl records."""
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
 
     @property
     def whole_accuracy(self) -> float:

@@ -1,16 +1,23 @@
 """Every method over every order and seed (a cell each) on the same splits, with a run directory
-that survives interruption: results appended as each task finishes, a checkpoint after each
-task, a report at the end. `--resume DIR` continues from the last finished task and gives the
-numbers an uninterrupted run would have given.
+that survives interruption: results recorded as tasks finish, a checkpoint after each task, a
+log per cell, a report at the end. `--resume DIR` skips finished cells, continues the others
+from their last finished task, and gives the numbers an uninterrupted run would have given.
+
+This process (the driver) loads the data, tokenises it and caches the frozen-layer states once;
+an executor (cml/executors.py) runs the cells, here or on Ray, and hands their rows back.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
+import socket
 import time
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,15 +36,16 @@ from cml.encoder import (
     tokenize_cached,
 )
 from cml.engine import EncodedData, Engine, MethodContext
-from cml.errors import CMLInputError
+from cml.errors import CMLInputError, DivergedError
 from cml.experiment import Experiment, cache_dir
 from cml.methods import METHODS, check_classifier, check_difficulty, check_losses, check_methods
 from cml.model import RelationModel
 from cml.timing import TRAIN_PHASE, PhaseTimer
 
-CONFIG_FILE, RESULTS_FILE, CHECKPOINTS = "config.yaml", "results.jsonl", "checkpoints"
-# may differ between a run and its resumption (the head search's options do not touch a run)
-IGNORED_ON_RESUME = ("output", "device", "search")
+CONFIG_FILE, RESULTS_FILE, CHECKPOINTS, LOGS = "config.yaml", "results.jsonl", "checkpoints", "logs"
+# may differ between a run and its resumption: they do not change a number (the head search's
+# options do not touch a run; a cell's thread count does, so executor.cpus_per_cell must match)
+IGNORED_ON_RESUME = ("output", "device", "search", "executor.name", "executor.ray_address", "executor.gpus_per_cell")
 
 
 def task_seed(seed: int, method: str, order: int, task: int) -> int:
@@ -45,11 +53,13 @@ def task_seed(seed: int, method: str, order: int, task: int) -> int:
 
 
 def resolved(config: RunConfig) -> tuple[RunConfig, torch.device]:
-    """A copy of the config with the precision fixed for this machine (as config.yaml records
-    it), and the device."""
+    """A copy of the config with the precision and a cell's threads fixed for this machine (as
+    config.yaml records them), and the device."""
     device = resolve_device(config.device)
     config = copy.deepcopy(config)
     config.train.precision = resolve_precision(config.train.precision, device)
+    executor = config.executor
+    executor.cpus_per_cell = executor.cpus_per_cell or (torch.get_num_threads() if executor.name == "local" else 1)
     return config, device
 
 
@@ -74,6 +84,8 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     check_classifier(config.train.methods, config.train.classifier)
     check_difficulty(config.train.methods, config.cml.difficulty)
     check_losses(config.train.methods, config.loss)
+    if config.executor.name == "ray" and importlib.util.find_spec("ray") is None:
+        raise CMLInputError('--executor ray needs Ray: pip install -e ".[ray]"')
     config, _ = resolved(config)
     run_dir = check_writable(Path(config.output))
     saved_path = run_dir / CONFIG_FILE
@@ -83,7 +95,8 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
         saved = _flat(yaml.safe_load(saved_path.read_text()))
         wanted = _flat(config.to_dict())
         for key in sorted(set(saved) | set(wanted)):
-            if key.split(".")[0] not in IGNORED_ON_RESUME and saved.get(key) != wanted.get(key):
+            ignored = any(key == k or key.startswith(k + ".") for k in IGNORED_ON_RESUME)
+            if not ignored and saved.get(key) != wanted.get(key):
                 raise CMLInputError(
                     f"cannot resume: the run used {key}={saved.get(key)!r}, this command asks {key}={wanted.get(key)!r}",
                     saved_path,
@@ -97,7 +110,7 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
 
 
 def read_results(run_dir: Path) -> dict[tuple[str, int, int, int], dict]:
-    """Rows by (method, order, seed, task); a task recorded twice (re-run after a crash) keeps the last row."""
+    """Rows by (method, order, seed, task)."""
     path = run_dir / RESULTS_FILE
     rows = {}
     if path.exists():
@@ -130,9 +143,7 @@ def encode_data(
     if model.encoder.frozen_layers > 0:
         model.to(device)
         for split in splits:
-            split.hidden = frozen_states_cached(
-                model.encoder, config.encoder.name, config.encoder.marker_init, split, pad_id, cache_dir(), device
-            )
+            split.hidden = frozen_states_cached(model.encoder, split, pad_id, cache_dir(), device)
     markers = tuple(tokenizer.convert_tokens_to_ids(list(MARKERS)))
     return EncodedData(*splits, ds.relations, pad_id, markers).to(device)
 
@@ -152,6 +163,11 @@ class Cell(NamedTuple):
     order: int
     seed: int
 
+    @property
+    def name(self) -> str:
+        """Its checkpoint's and log's file name (without suffix)."""
+        return f"{self.method}-order{self.order}-seed{self.seed}"
+
 
 def cells(config: RunConfig, experiment: Experiment) -> list[Cell]:
     """Every (method, order, seed) of the run, in the order they run."""
@@ -163,6 +179,25 @@ def cells(config: RunConfig, experiment: Experiment) -> list[Cell]:
     ]
 
 
+@dataclass
+class Grid:
+    """What every cell starts from, built once by the driver; an executor hands it to the cells
+    (the Ray one through its object store, once for all of them)."""
+
+    config: RunConfig  # resolved
+    orders: list[list[list[str]]]  # the tasks of each order
+    model: RelationModel  # at its initial weights
+    data: EncodedData  # tokenised, with the frozen-layer states
+    context: MethodContext
+    run_dir: Path
+
+    def to(self, device: torch.device) -> Grid:
+        return replace(self, model=self.model.to(device), data=self.data.to(device))
+
+
+Record = Callable[[dict], None]
+
+
 def run(
     config: RunConfig,
     experiment: Experiment,
@@ -170,8 +205,9 @@ def run(
     progress: bool = True,
     timer: PhaseTimer | None = None,
 ) -> dict:
-    """Run every cell; returns the report (also written to the run directory).
+    """Run every cell not finished yet; returns the report (also written to the run directory).
     `timer` collects where the time goes (the report holds its totals)."""
+    from cml.executors import EXECUTORS
     from cml.report import write_report
 
     config, device = resolved(config)
@@ -180,88 +216,120 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
+    (run_dir / LOGS).mkdir(exist_ok=True)
     if progress:
-        tqdm.write(f"device {device}, precision {config.train.precision}")
+        tqdm.write(f"device {device}, precision {config.train.precision}, executor {config.executor.name}")
     with timer("data and model"):
         model, data, context = build_learner(config, experiment, device)
     release_freed_memory()
-    pretrained = copy.deepcopy(model.state_dict())
+    grid = Grid(config, [order.tasks for order in experiment.orders], model, data, context, run_dir)
     rows = read_results(run_dir)
-    with (run_dir / RESULTS_FILE).open("a") as log:
-        for cell in tqdm(cells(config, experiment), desc="runs (method, order, seed)", disable=not progress):
-            model.load_state_dict(pretrained)
-            model.reset_new_layers(cell.seed)
-            engine = Engine(model, data, config, METHODS[cell.method], context, device, progress=progress, timer=timer)
-            run_cell(engine, cell, experiment.orders[cell.order].tasks, run_dir, rows, log, progress)
+    every = cells(config, experiment)
+    todo = [cell for cell in every if any((*cell, k) not in rows for k in range(len(grid.orders[cell.order])))]
+    with (
+        (run_dir / RESULTS_FILE).open("a") as log,
+        tqdm(total=len(every), initial=len(every) - len(todo), desc="cells", disable=not progress) as bar,
+    ):
+
+        def record(row: dict) -> None:
+            """A row into results.jsonl, once: a task re-run after a fault is not written again."""
+            key = (row["method"], row["order"], row["seed"], row["task"])
+            if key not in rows:
+                rows[key] = row
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+
+        EXECUTORS[config.executor.name](grid, todo, device, record, timer, bar, progress)
     return write_report(run_dir, config, experiment, rows, timer.summary())
 
 
 def run_cell(
-    engine: Engine, cell: Cell, tasks: list[list[str]], run_dir: Path, rows: dict, log, progress: bool
+    grid: Grid, cell: Cell, device: torch.device, record: Record, timer: PhaseTimer, echo: bool, progress: bool
 ) -> None:
-    """The tasks of one cell not yet in `rows`, from its checkpoint; each task's row is appended
-    to `log` and `rows` as it finishes."""
+    """One cell, from its checkpoint if it has one, else from the model's initial weights. Every
+    row of the cell, those restored with the checkpoint first, goes to `record`; the cell's lines
+    go to its log (and to the console with `echo`)."""
     method, o, seed = cell
-    start = _restore(engine, run_dir, rows, cell, len(tasks))
-    bar = tqdm(
-        range(start, len(tasks)),
-        desc=f"{method} order {o} seed {seed}: tasks",
-        leave=False,
-        initial=start,
-        total=len(tasks),
-        disable=not progress,
+    tasks = grid.orders[o]
+    grid.model.reset_new_layers(seed)
+    engine = Engine(
+        grid.model, grid.data, grid.config, METHODS[method], grid.context, device, progress=progress, timer=timer
     )
-    timer = engine.timer
-    for k in bar:
-        engine.seed = task_seed(seed, method, o, k)
-        torch.manual_seed(engine.seed)
-        began, examples = time.perf_counter(), timer.examples[TRAIN_PHASE]
-        result = engine.run_task(tasks[k])
-        row = {
-            "method": method,
-            "order": o,
-            "seed": seed,
-            "task": k,
-            "relations": tasks[k],
-            **vars(result),
-            "seconds": round(time.perf_counter() - began, 2),
-            "train_examples": timer.examples[TRAIN_PHASE] - examples,
-        }
-        rows[(method, o, seed, k)] = row
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        _checkpoint(engine, run_dir, cell, k, last=k == len(tasks) - 1)
-        release_freed_memory()
-        tqdm.write(
-            f"[{method}] order {o} seed {seed} task {k + 1}/{len(tasks)}: "
-            f"whole acc {100 * result.whole_accuracy:.1f}, "
-            f"current task {100 * result.task_accuracy[-1]:.1f} ({row['seconds']:.1f} s)"
+    done = _restore(engine, grid.run_dir, cell)
+    for row in done:
+        record(row)
+    with (grid.run_dir / LOGS / f"{cell.name}.log").open("a") as log:
+
+        def say(line: str) -> None:
+            log.write(line + "\n")
+            log.flush()
+            if echo:
+                tqdm.write(line)
+
+        say(
+            f"[{method}] order {o} seed {seed}: pid {os.getpid()} on {socket.gethostname()}, {device}, "
+            f"{torch.get_num_threads()} threads, "
+            + (f"restored after task {len(done)}/{len(tasks)}" if done else "from the initial weights")
         )
+        bar = tqdm(
+            range(len(done), len(tasks)),
+            desc=f"{method} order {o} seed {seed}: tasks",
+            leave=False,
+            initial=len(done),
+            total=len(tasks),
+            disable=not progress,
+        )
+        for k in bar:
+            engine.seed = task_seed(seed, method, o, k)
+            torch.manual_seed(engine.seed)
+            began, examples = time.perf_counter(), timer.examples[TRAIN_PHASE]
+            try:
+                result = engine.run_task(tasks[k])
+            except DivergedError as e:
+                raise DivergedError(f"{method} order {o} seed {seed} task {k}: {e}") from None
+            row = {
+                "method": method,
+                "order": o,
+                "seed": seed,
+                "task": k,
+                "relations": tasks[k],
+                **vars(result),
+                "seconds": round(time.perf_counter() - began, 2),
+                "train_examples": timer.examples[TRAIN_PHASE] - examples,
+            }
+            done.append(row)
+            record(row)
+            _checkpoint(engine, grid.run_dir, cell, done, last=k == len(tasks) - 1)
+            release_freed_memory()
+            say(
+                f"[{method}] order {o} seed {seed} task {k + 1}/{len(tasks)}: "
+                f"whole acc {100 * result.whole_accuracy:.1f}, "
+                f"current task {100 * result.task_accuracy[-1]:.1f} ({row['seconds']:.1f} s)"
+            )
 
 
 def _checkpoint_path(run_dir: Path, cell: Cell) -> Path:
-    return run_dir / CHECKPOINTS / f"{cell.method}-order{cell.order}-seed{cell.seed}.pt"
+    return run_dir / CHECKPOINTS / f"{cell.name}.pt"
 
 
-def _checkpoint(engine: Engine, run_dir: Path, cell: Cell, task: int, last: bool) -> None:
-    """Keep the state after the last finished task; a cell's checkpoint goes once the cell is done."""
+def _checkpoint(engine: Engine, run_dir: Path, cell: Cell, rows: list[dict], last: bool) -> None:
+    """Keep the state and the rows after the last finished task (a cell that restarts elsewhere
+    hands back every row); a cell's checkpoint goes once the cell is done."""
     path = _checkpoint_path(run_dir, cell)
     if last:
         path.unlink(missing_ok=True)
         return
     tmp = path.with_suffix(".tmp")
-    torch.save({"task": task, **engine.state_dict()}, tmp)
+    torch.save({"rows": rows, **engine.state_dict()}, tmp)
     tmp.replace(path)
 
 
-def _restore(engine: Engine, run_dir: Path, rows: dict, cell: Cell, n_tasks: int) -> int:
-    """The first task of `cell` still to run, with the engine restored to the state before it."""
-    done = sum(1 for k in range(n_tasks) if (*cell, k) in rows)
-    if done == n_tasks:
-        return n_tasks
+def _restore(engine: Engine, run_dir: Path, cell: Cell) -> list[dict]:
+    """The rows of the tasks of `cell` its checkpoint holds, with the engine restored to the state
+    after them; none without a checkpoint."""
     path = _checkpoint_path(run_dir, cell)
     if not path.exists():
-        return 0
+        return []
     state = torch.load(path, weights_only=False)
     engine.load_state_dict(state)
-    return state["task"] + 1
+    return state["rows"]

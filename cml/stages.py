@@ -27,7 +27,7 @@ from cml import losses
 from cml.augment import augment
 from cml.config import LossConfig
 from cml.encoder import EncodedSplit
-from cml.errors import CMLInputError
+from cml.errors import CMLInputError, DivergedError
 from cml.memory import select_prototypes
 from cml.model import Output
 from cml.prototypes import class_means
@@ -178,8 +178,10 @@ class Train:
             with engine.timer("batch planning"):
                 batches = self.batches(engine, data, epoch)
             bar = tqdm(batches, desc=f"    {self.name} {epoch + 1}/{epochs}", leave=False, disable=not engine.progress)
-            for batch in bar:
+            for step, batch in enumerate(bar, 1):
                 value = engine.train_step(data, batch, optimizer, loss)
+                if not math.isfinite(value):
+                    raise DivergedError(f"{self.name} stage, epoch {epoch + 1}, step {step}: the loss is {value}")
                 bar.set_postfix(loss=f"{value:.3f}", refresh=False)
 
     def stage_data(self, engine: Engine, active: tuple[str, ...]) -> StageData:

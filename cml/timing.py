@@ -40,6 +40,11 @@ class PhaseTimer:
             self.seconds[phase] += time.perf_counter() - start
             self.examples[phase] += examples
 
+    def add(self, other: PhaseTimer) -> None:
+        """Count another timer's phases in this one (a cell that ran elsewhere)."""
+        self.seconds.update(other.seconds)
+        self.examples.update(other.examples)
+
     def summary(self) -> dict[str, dict[str, float]]:
         return {
             phase: {"seconds": round(self.seconds[phase], 2), "examples": self.examples[phase]}

@@ -122,6 +122,19 @@ def test_cached_frozen_layers_give_the_logits_of_the_full_model(tiny, demo):
     full.backbone.requires_grad_(True)
 
 
+def test_the_frozen_state_cache_tells_apart_encoders_that_differ_only_by_seed(tmp_path, demo):
+    """A random encoder (or random marker embeddings) draws its weights from the seed: a cache
+    keyed by the encoder's name would hand one seed's states to another."""
+    from cml.encoder import build_encoder, frozen_states, frozen_states_cached
+
+    for seed in (0, 1, 0):
+        tokenizer, encoder = build_encoder("tiny", seed=seed, frozen_layers=1)
+        split = tokenize(tokenizer, demo.test[:20], demo.label_of)
+        cached = frozen_states_cached(encoder, split, tokenizer.pad_token_id, tmp_path)
+        torch.testing.assert_close(cached, frozen_states(encoder, split, tokenizer.pad_token_id), atol=0, rtol=0)
+    assert len(list(tmp_path.iterdir())) == 2  # the third call read seed 0's file
+
+
 def test_length_grouped_batches_cover_every_index_once_with_little_padding(tiny, demo):
     tokenizer, _ = tiny
     split = tokenize(tokenizer, demo.train, demo.label_of)
