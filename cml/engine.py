@@ -24,7 +24,7 @@ from torch.func import functional_call
 from cml.config import CMLConfig, RunConfig
 from cml.curriculum import CurriculumScheduler
 from cml.device import autocast, eval_batch_size, to_device
-from cml.encoder import EncodedSplit, frozen_states
+from cml.frozen import frozen_states
 from cml.memory import EpisodicMemory
 from cml.model import Z_DIM, Output, RelationModel
 from cml.plugins import Plugin
@@ -32,6 +32,7 @@ from cml.prototypes import Prototypes, predictions
 from cml.relations import RelationSpace
 from cml.stages import Bank, StageData
 from cml.timing import TRAIN_PHASE, PhaseTimer
+from cml.tokens import EncodedSplit
 
 
 @dataclass

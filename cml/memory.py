@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from sklearn.metrics import pairwise_distances_argmin
 
 
 def select_prototypes(features: np.ndarray, m: int, seed: int) -> np.ndarray:
@@ -18,8 +19,7 @@ def select_prototypes(features: np.ndarray, m: int, seed: int) -> np.ndarray:
         return np.arange(n)
     features = np.asarray(features, dtype=np.float64)
     centroids = KMeans(n_clusters=m, n_init=1, random_state=seed).fit(features).cluster_centers_
-    distances = ((features[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
-    return np.unique(distances.argmin(0))
+    return np.unique(pairwise_distances_argmin(centroids, features))
 
 
 class EpisodicMemory:

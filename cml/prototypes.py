@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from cml.config import CHOICES
+from cml.config import choices
 from cml.model import Output
 
-CLASSIFIERS = tuple(c for c in CHOICES["classifier"] if c != "auto")
+CLASSIFIERS = tuple(c for c in choices("train.classifier") if c != "auto")
 
 
 @dataclass

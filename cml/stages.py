@@ -26,11 +26,11 @@ from tqdm import tqdm
 from cml import losses
 from cml.augment import augment
 from cml.config import LossConfig
-from cml.encoder import EncodedSplit
 from cml.errors import CMLInputError, DivergedError
 from cml.memory import select_prototypes
 from cml.model import Output
 from cml.prototypes import class_means
+from cml.tokens import EncodedSplit
 
 if TYPE_CHECKING:
     from cml.engine import Engine

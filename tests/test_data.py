@@ -165,3 +165,21 @@ def test_tacred_protocol(tmp_path):
     assert per == {"per:origin": (320, 41), "org:founded": (16, 4)}
     ex = ds.test[0]
     assert ex.tokens[0] == "(" and ex.head == (1, 2) and ex.tail == (2, 4) and ex.head_type == "PERSON"
+
+
+def test_a_registered_dataset_loads_by_name_with_its_directory_and_seed(tmp_path, monkeypatch):
+    from cml.data import DATASETS, register
+    from cml.data.demo import make_demo
+
+    monkeypatch.setattr("cml.data.DATASETS", dict(DATASETS))
+    calls = []
+
+    @register("mine")
+    def load_mine(directory, seed):
+        calls.append((directory, seed))
+        return make_demo(n_train=5, n_val=2, n_test=3)
+
+    ds = load_dataset("mine", tmp_path, seed=7)
+    assert calls == [(tmp_path, 7)] and len(ds.train) == 5 * len(ds.relations)
+    assert main(["--dataset", "mine", "--data-dir", str(tmp_path), "--encoder", "tiny", "--plan-only"]) == 0
+    assert calls[-1] == (tmp_path, 2021)

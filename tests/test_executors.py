@@ -9,10 +9,11 @@ import time
 
 import pytest
 
+from cml.cells import CHECKPOINTS, LOGS
 from cml.cli import main
 from cml.errors import DivergedError
 from cml.experiment import build_experiment
-from cml.runner import CHECKPOINTS, LOGS, RESULTS_FILE, run
+from cml.runner import RESULTS_FILE, run
 from tests.test_engine import cache_dir, rows_without_time, small_config  # noqa: F401 (cache_dir: autouse fixture)
 
 ray = pytest.importorskip("ray", reason="the ray extra is part of the test extra")
