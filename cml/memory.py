@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
-from sklearn.metrics import pairwise_distances_argmin
 
 
 def select_prototypes(features: np.ndarray, m: int, seed: int) -> np.ndarray:
@@ -19,7 +18,8 @@ def select_prototypes(features: np.ndarray, m: int, seed: int) -> np.ndarray:
         return np.arange(n)
     features = np.asarray(features, dtype=np.float64)
     centroids = KMeans(n_clusters=m, n_init=1, random_state=seed).fit(features).cluster_centers_
-    return np.unique(pairwise_distances_argmin(centroids, features))
+    distances = ((features[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
+    return np.unique(distances.argmin(0))
 
 
 class EpisodicMemory:
