@@ -75,11 +75,11 @@ Record = Callable[[dict], None]
 
 
 def run_cell(
-    grid: Grid, cell: Cell, device: torch.device, record: Record, timer: PhaseTimer, echo: bool, progress: bool
+    grid: Grid, cell: Cell, device: torch.device, record: Record, timer: PhaseTimer, progress: bool
 ) -> None:
     """One cell, from its checkpoint if it has one, else from the model's initial weights. Every
     row of the cell, those restored with the checkpoint first, goes to `record`; the cell's lines
-    go to its log (and to the console with `echo`)."""
+    go to its log (and, with `progress`, to the console beside the bars)."""
     method, o, seed = cell
     tasks = grid.orders[o]
     grid.model.reset_new_layers(seed)
@@ -94,7 +94,7 @@ def run_cell(
         def say(line: str) -> None:
             log.write(line + "\n")
             log.flush()
-            if echo:
+            if progress:
                 tqdm.write(line)
 
         say(

@@ -39,7 +39,7 @@ def run_local(
     try:
         for cell in todo:
             grid.model.load_state_dict(initial)
-            run_cell(grid, cell, device, record, timer, echo=progress, progress=progress)
+            run_cell(grid, cell, device, record, timer, progress)
             bar.update()
     finally:
         torch.set_num_threads(threads)
@@ -50,7 +50,7 @@ def ray_cell(grid: Grid, cell: Cell) -> tuple[list[dict], PhaseTimer]:
     torch.set_num_threads(grid.config.executor.cpus_per_cell)
     device = resolve_device(grid.config.device)
     rows, timer = [], PhaseTimer()
-    run_cell(grid.to(device), cell, device, rows.append, timer, echo=False, progress=False)
+    run_cell(grid.to(device), cell, device, rows.append, timer, progress=False)
     return rows, timer
 
 

@@ -28,12 +28,15 @@ def imports(path: Path) -> set[str]:
         if id(node) in typing_only:
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cml"):
-            found.add(node.module)
+            for alias in node.names:  # `from cml import losses` imports the module cml.losses
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in MODULES else node.module)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("cml"))
     return found
 
 
+MODULES = {module_name(p) for p in PACKAGE.rglob("*.py")}
 GRAPH = {module_name(p): imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
@@ -64,3 +67,53 @@ def test_imports_flow_one_way():
     for module in GRAPH:
         if module not in state:
             visit(module, [])
+
+
+# The project's layers, bottom first, following the data flow (README, "Code layout"): a module
+# imports from its own layer or below it, never from a layer above.
+LAYERS = [
+    ("base", {"cml", "cml.errors", "cml.timing", "cml.device"}),
+    ("head-search library", {"cml.nas"}),
+    ("config", {"cml.config"}),
+    ("dataset", {"cml.data"}),
+    ("tasks and relation space", {"cml.tasks", "cml.relations"}),
+    ("encoding", {"cml.cache", "cml.tokens", "cml.encoder", "cml.frozen"}),
+    ("experiment", {"cml.experiment"}),
+    (
+        "learner",
+        {
+            "cml.model",
+            "cml.losses",
+            "cml.memory",
+            "cml.curriculum",
+            "cml.meta",
+            "cml.prototypes",
+            "cml.augment",
+            "cml.plugins",
+            "cml.stages",
+            "cml.methods",
+            "cml.engine",
+        },
+    ),
+    ("metrics", {"cml.metrics", "cml.summary"}),
+    ("report", {"cml.report"}),
+    ("running", {"cml.cells", "cml.executors", "cml.runner", "cml.head_search"}),
+    ("command line", {"cml.cli"}),
+]
+
+
+def layer(module: str) -> int:
+    for i, (_, members) in enumerate(LAYERS):
+        if module in members or module.rsplit(".", 1)[0] in members - {"cml"}:
+            return i
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_no_module_imports_from_a_layer_above_its_own(module):
+    upward = [
+        f"{dep} ({LAYERS[layer(dep)][0]})"
+        for dep in sorted(GRAPH[module])
+        if dep != "cml" and layer(dep) > layer(module)
+    ]
+    assert not upward, f"{module} ({LAYERS[layer(module)][0]}) imports {upward}"

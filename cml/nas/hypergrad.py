@@ -1,5 +1,5 @@
 """Hypergradient estimators of the bilevel problem
-`min_alpha L_val(w*(alpha), alpha)`, `w*(alpha) = argmin_w L_train(w, alpha)` (METHOD.md section 6).
+`min_alpha L_val(w*(alpha), alpha)`, `w*(alpha) = argmin_w L_train(w, alpha)` (docs/method.md, "Head-cell search").
 
 All share one interface: `estimator(train_loss, val_loss, w, alpha) -> d L_val / d alpha`, where
 the losses are pure functions `(w: dict of tensors, alpha: tensor) -> scalar`. They know nothing of
