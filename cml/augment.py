@@ -75,7 +75,9 @@ def augment(
         by_label: dict[int, list[int]] = {}
         for i, y in enumerate(labels):
             by_label.setdefault(y, []).append(i)
-        seqs = seqs + [swap_entities(s, seqs[by_label[y][pick(len(by_label[y]))]], markers) for s, y in zip(seqs, labels)]
+        seqs = seqs + [
+            swap_entities(s, seqs[by_label[y][pick(len(by_label[y]))]], markers) for s, y in zip(seqs, labels)
+        ]
         labels = labels + labels
     if kind == "full":
         mixed = len(set(labels)) > 1

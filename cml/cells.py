@@ -74,9 +74,7 @@ class Grid:
 Record = Callable[[dict], None]
 
 
-def run_cell(
-    grid: Grid, cell: Cell, device: torch.device, record: Record, timer: PhaseTimer, progress: bool
-) -> None:
+def run_cell(grid: Grid, cell: Cell, device: torch.device, record: Record, timer: PhaseTimer, progress: bool) -> None:
     """One cell, from its checkpoint if it has one, else from the model's initial weights. Every
     row of the cell, those restored with the checkpoint first, goes to `record`; the cell's lines
     go to its log (and, with `progress`, to the console beside the bars)."""

@@ -87,7 +87,9 @@ class DataConfig:
 @dataclass
 class EncoderConfig:
     name: str = option(
-        "minilm", "minilm (offline all-MiniLM-L6-v2), tiny (random, for tests), a local path or a hub id", flag="--encoder"
+        "minilm",
+        "minilm (offline all-MiniLM-L6-v2), tiny (random, for tests), a local path or a hub id",
+        flag="--encoder",
     )
     max_length: int = option(128, "maximum word pieces per sentence", low=8)
     freeze_layers: int = option(0, "freeze the embeddings and this many bottom encoder layers (0: train all)", low=0)
@@ -147,8 +149,12 @@ class CMLConfig:
         check=_types_source,
     )
     n_types: int = option(32, "clusters for induced types", low=2)
-    similarity: str = option("kl", "relation similarity: kl (exp(-symmetrised KL / tau)) or cosine", choices=("kl", "cosine"))
-    tau: float | None = option(None, "temperature of the kl similarity (default: the median off-diagonal divergence)", flag="--similarity-tau")
+    similarity: str = option(
+        "kl", "relation similarity: kl (exp(-symmetrised KL / tau)) or cosine", choices=("kl", "cosine")
+    )
+    tau: float | None = option(
+        None, "temperature of the kl similarity (default: the median off-diagonal divergence)", flag="--similarity-tau"
+    )
     pacing: str = option("linear", "curriculum pacing", choices=("linear", "root", "step"))
     start_fraction: float = option(0.25, "fraction of the memory available at the first curriculum step")
     direction: str = option("easy_first", "curriculum direction", choices=("easy_first", "hard_first"))
@@ -156,7 +162,9 @@ class CMLConfig:
         None, "Reptile step size (default: the method's own, 0.5 for cml-2021 as published, 0.9 for cml)"
     )
     meta_schedule: str = option(
-        "fixed", "Reptile step-size schedule: fixed, linear (eps (1 - k/K)) or sqrt", choices=("fixed", "linear", "sqrt")
+        "fixed",
+        "Reptile step-size schedule: fixed, linear (eps (1 - k/K)) or sqrt",
+        choices=("fixed", "linear", "sqrt"),
     )
     difficulty: str = option(
         "types",
@@ -192,7 +200,7 @@ class ExecutorConfig:
 
     name: str = option(
         "local",
-        'where the (method, order, seed) cells run: local (this process, one after another) or ray (a Ray task '
+        "where the (method, order, seed) cells run: local (this process, one after another) or ray (a Ray task "
         'each, side by side; pip install -e ".[ray]")',
         choices=("local", "ray"),
         flag="--executor",
@@ -256,7 +264,9 @@ class RunConfig:
         return _build(cls, values, source)
 
 
-SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.default_factory is not dataclasses.MISSING}
+SECTIONS = {
+    f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.default_factory is not dataclasses.MISSING
+}
 # flags of a section's options are --<prefix><name> unless the declaration names its flag
 FLAG_PREFIX = {"loss": "loss-", "search": "search-"}
 
@@ -294,7 +304,9 @@ class Option:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return "expected a number"
         elif isinstance(value, bool) != (self.kind is bool) or not isinstance(value, self.kind):
-            return f"expected {'true or false' if self.kind is bool else 'an integer' if self.kind is int else 'a string'}"
+            return (
+                f"expected {'true or false' if self.kind is bool else 'an integer' if self.kind is int else 'a string'}"
+            )
         if self.choices is not None and value not in self.choices:
             return f"use one of {', '.join(self.choices)}"
         if self.low is not None and value < self.low:
@@ -322,7 +334,18 @@ def _options_of(cls, section: str) -> list[Option]:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         flag = m.get("flag") or "--" + FLAG_PREFIX.get(section, "") + f.name.replace("_", "-")
         out.append(
-            Option(section, f.name, kind, optional, default, m["help"], flag, m.get("choices"), m.get("low"), m.get("check"))
+            Option(
+                section,
+                f.name,
+                kind,
+                optional,
+                default,
+                m["help"],
+                flag,
+                m.get("choices"),
+                m.get("low"),
+                m.get("check"),
+            )
         )
     return out
 

@@ -138,7 +138,11 @@ def markdown(report: dict) -> str:
         [name, f"{h['parameters']:,}", f"{100 * h['val_accuracy']:.1f}", f"{100 * h['test_accuracy']:.1f}"]
         for name, h in report["heads"].items()
     ]
-    lines += ["## Heads trained from scratch on the task", "", *table(["head", "parameters", "val acc", "test acc"], rows)]
+    lines += [
+        "## Heads trained from scratch on the task",
+        "",
+        *table(["head", "parameters", "val acc", "test acc"], rows),
+    ]
     lines += ["", "![alpha](alpha_heatmap.png)", "", "![search](search_accuracy.png)", ""]
     return "\n".join(lines)
 

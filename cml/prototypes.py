@@ -60,7 +60,12 @@ class Prototypes:
         return bool((self.has_static | self.has_dynamic)[relations].all())
 
     def state_dict(self) -> dict:
-        return {"static": self.static, "dynamic": self.dynamic, "has_static": self.has_static, "has_dynamic": self.has_dynamic}
+        return {
+            "static": self.static,
+            "dynamic": self.dynamic,
+            "has_static": self.has_static,
+            "has_dynamic": self.has_dynamic,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.static, self.dynamic = dict(state["static"]), dict(state["dynamic"])

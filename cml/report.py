@@ -325,7 +325,10 @@ def plot(report: dict, run_dir: Path) -> None:
     _scatter(
         plt,
         run_dir / "order_curriculumness.png",
-        {n: (m["order_curriculumness"], 100 * np.array(m["final_whole_accuracy_per_order"])) for n, m in methods.items()},
+        {
+            n: (m["order_curriculumness"], 100 * np.array(m["final_whole_accuracy_per_order"]))
+            for n, m in methods.items()
+        },
         "tau_o: Kendall(position, difficulty); +1 = easy first",
         "final whole accuracy W_K (%)",
         "Does an easy-first order help?",

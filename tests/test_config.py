@@ -63,6 +63,7 @@ def test_every_option_has_a_flag_a_yaml_key_and_validation_that_agree(tmp_path, 
     ray = [] if opt.key == "executor.name" else ["--executor", "ray"]  # so that ray-only options are allowed
     config = config_from_args(parser().parse_args([*ray, opt.flag, *text]))
     assert opt.get(config) == value
+
     def yaml_with(v, ray=bool(ray)):
         values = {"executor": {"name": "ray"}} if ray else {}
         if opt.section:
@@ -104,7 +105,9 @@ def test_bad_choices_exit_2(flags, message, capsys):
 def test_bad_choice_in_a_file_names_file_and_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  classifier: knn\n")
-    with pytest.raises(CMLInputError, match=r"c.yaml: train.classifier is 'knn'; use one of auto, linear, ncm, ensemble"):
+    with pytest.raises(
+        CMLInputError, match=r"c.yaml: train.classifier is 'knn'; use one of auto, linear, ncm, ensemble"
+    ):
         load_config(path)
 
 
@@ -119,7 +122,9 @@ def test_the_literature_configs_run_end_to_end_on_the_tiny_model(name, tmp_path,
     config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     out = tmp_path / "run"
     small = ["--dataset", "demo", "--encoder", "tiny", "--max-per-relation", "6", "--orders", "1"]
-    assert main(["--config", str(config), *small, "--epochs", "1", "--consolidate-epochs", "1", "--output", str(out)]) == 0
+    assert (
+        main(["--config", str(config), *small, "--epochs", "1", "--consolidate-epochs", "1", "--output", str(out)]) == 0
+    )
     saved = load_config(out / "config.yaml")
     assert saved.encoder.freeze_layers == 0 and saved.train.augment == "full"
     assert saved.loss == load_config(config).loss

@@ -37,7 +37,8 @@ def grid_config(output, executor: str):
 
 def numbers(report: dict) -> dict:
     """The report without what says where and how fast it ran."""
-    methods = {m: {k: v for k, v in r.items() if k != "seconds"} for m, r in report["methods"].items()}
+    speed = ("seconds", "train_examples_per_second")
+    methods = {m: {k: v for k, v in r.items() if k not in speed} for m, r in report["methods"].items()}
     config = {k: v for k, v in report["config"].items() if k not in ("output", "executor")}
     return {**report, "methods": methods, "config": config, "timings": None}
 
