@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cml.device import autocast
-from cml.encoder import EncodedSplit
+from cml.tokens import EncodedSplit
 
 
 def header() -> None:

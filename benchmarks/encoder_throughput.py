@@ -14,8 +14,10 @@ from _machine import forward_backward_rate, header, peak_memory
 from cml.config import RunConfig
 from cml.data import load_dataset
 from cml.device import resolve_device
-from cml.encoder import frozen_states, load_tokenizer, tokenize
+from cml.encoder import load_tokenizer
+from cml.frozen import frozen_states
 from cml.runner import build_model
+from cml.tokens import tokenize
 
 args = argparse.ArgumentParser()
 args.add_argument("--dataset", default="fewrel")

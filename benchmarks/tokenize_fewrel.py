@@ -9,7 +9,8 @@ import time
 from _machine import header
 
 from cml.data import load_dataset
-from cml.encoder import load_tokenizer, tokenize
+from cml.encoder import load_tokenizer
+from cml.tokens import tokenize
 
 args = argparse.ArgumentParser()
 args.add_argument("--data-dir", default="../shared/data/fewrel")

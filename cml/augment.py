@@ -15,9 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cml.config import CHOICES
-from cml.encoder import EncodedSplit
-
+from cml.config import choices
+from cml.tokens import EncodedSplit
 
 
 def _sequences(split: EncodedSplit, indices: torch.Tensor) -> list[np.ndarray]:
@@ -67,8 +66,8 @@ def augment(
     generator: torch.Generator,
 ) -> EncodedSplit:
     """A new split of the sentences `indices` of `split` (first, in that order) and their augmentations."""
-    if kind not in CHOICES["augment"]:
-        raise ValueError(f"unknown augmentation {kind!r}: use one of {CHOICES['augment']}")
+    if kind not in choices("train.augment"):
+        raise ValueError(f"unknown augmentation {kind!r}: use one of {choices('train.augment')}")
     seqs = _sequences(split, indices)
     labels = split.labels[indices].tolist()
     pick = lambda n: int(torch.randint(n, (1,), generator=generator))
@@ -76,7 +75,9 @@ def augment(
         by_label: dict[int, list[int]] = {}
         for i, y in enumerate(labels):
             by_label.setdefault(y, []).append(i)
-        seqs = seqs + [swap_entities(s, seqs[by_label[y][pick(len(by_label[y]))]], markers) for s, y in zip(seqs, labels)]
+        seqs = seqs + [
+            swap_entities(s, seqs[by_label[y][pick(len(by_label[y]))]], markers) for s, y in zip(seqs, labels)
+        ]
         labels = labels + labels
     if kind == "full":
         mixed = len(set(labels)) > 1

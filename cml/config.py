@@ -1,12 +1,19 @@
-"""Run configuration: dataclasses, loaded from YAML and overridden by command-line flags.
+"""Run configuration: every option declared once, as a dataclass field whose metadata holds its
+help, its allowed values, its lower bound and (where it is not `--<name>`) its flag. The YAML
+loader, the command line (cml/cli.py, generated from `options()`) and the validation all read
+those declarations; adding an option is adding a field.
 
-A config file mirrors these sections (`data:`, `encoder:`, `train:`, `cml:`, `loss:`, `search:`) plus the top-level run
-fields; an unknown key is an error that names the file, so a typo never passes silently.
+A config file mirrors the sections (`data:`, `encoder:`, `train:`, `cml:`, `loss:`, `search:`,
+`executor:`) plus the top-level run fields; an unknown key or a value of the wrong type is an
+error that names the file, so a typo never passes silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,64 +21,156 @@ from typing import Any
 import yaml
 
 from cml.errors import CMLInputError
+from cml.nas.search import SearchConfig
+
+HEADS = ("projection", "linear", "mlp")
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple | None = None,
+    flag: str | None = None,
+    low: float | None = None,
+    check: Callable[[Any], str | None] | None = None,
+):
+    """A config field with everything the CLI, the YAML loader and validation need. `check`
+    returns what is wrong with a value (None: nothing), for what choices and bounds cannot say."""
+    metadata = {"help": help, "choices": choices, "flag": flag, "low": low, "check": check}
+    metadata = {k: v for k, v in metadata.items() if v is not None}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _types_source(value: str) -> str | None:
+    if value in ("auto", "dataset", "induced") or Path(value).is_file():
+        return None
+    return "use auto, dataset, induced, or an existing type map file"
+
+
+def _head(value: str) -> str | None:
+    if value in HEADS or value.endswith(".json"):
+        return None
+    return f"use one of {', '.join(HEADS)} or a genotype .json file"
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "demo"
-    data_dir: str | None = None
-    max_per_relation: int | None = None  # cap on training examples per relation, for quick runs
-    n_tasks: int | None = None  # default: the dataset's task_orders.json, else 10 (demo: 5)
-    task_split: str = "random"  # random (seeds 2021 + 100 i) or clustered
-    orders: int = 5
-    order_protocol: str | None = None  # file (task_orders.json), random or cyclic; default: file when there is one
-    curriculum_orders: bool = False  # also run order 0's tasks sorted easy to hard and hard to easy
-    eval_split: str = "test"  # test, or val to choose settings without looking at the test set
+    dataset: str = option(
+        "demo",
+        "demo, fewrel, tacred, hf:ID[:SPLITS] (Hugging Face, FewRel-shaped), or a path: FewRel-format JSON (file, "
+        "pre-split or raw directory), RP-CRE / CRL's data_with_marker*.json, or CEAR's data directory",
+    )
+    data_dir: str | None = option(None, "directory of the dataset's files (default $CML_DATA_DIR, else data/<dataset>)")
+    max_per_relation: int | None = option(None, "cap on training examples per relation, for quick runs", low=1)
+    n_tasks: int | None = option(
+        None, "number of tasks (default: the dataset's task_orders.json, else 10; demo 5)", flag="--tasks", low=1
+    )
+    task_split: str = option("random", "how relations are cut into tasks", choices=("random", "clustered"))
+    orders: int = option(5, "number of task orders", low=1)
+    order_protocol: str | None = option(
+        None,
+        "where orders come from: file (task_orders.json), random (seeds 2021 + 100 i) or cyclic (shifts of one "
+        "random split, as the CML paper); default: file when the dataset has one, else random",
+        choices=("file", "random", "cyclic"),
+    )
+    curriculum_orders: bool = option(
+        False, "also run order 0's tasks sorted by difficulty, easy to hard and hard to easy", flag="--curriculum-order"
+    )
+    eval_split: str = option(
+        "test", "split the results are measured on: test, or val to choose settings", choices=("test", "val")
+    )
 
 
 @dataclass
 class EncoderConfig:
-    name: str = "minilm"  # minilm (offline all-MiniLM-L6-v2), tiny (random, tests), a path or a hub id
-    max_length: int = 128
-    freeze_layers: int = 0  # freeze the embeddings and this many bottom layers (0: train everything)
-    marker_init: str = "punct"  # entity-marker embeddings: punct ([E11]/[E12] from '@', [E21]/[E22] from '#') or random
+    name: str = option(
+        "minilm",
+        "minilm (offline all-MiniLM-L6-v2), tiny (random, for tests), a local path or a hub id",
+        flag="--encoder",
+    )
+    max_length: int = option(128, "maximum word pieces per sentence", low=8)
+    freeze_layers: int = option(0, "freeze the embeddings and this many bottom encoder layers (0: train all)", low=0)
+    marker_init: str = option(
+        "punct",
+        "entity-marker embeddings: punct ([E11]/[E12] from '@', [E21]/[E22] from '#') or random",
+        choices=("punct", "random"),
+    )
 
 
 @dataclass
 class TrainConfig:
-    methods: list[str] = field(default_factory=lambda: ["finetune", "replay", "joint"])
-    epochs: int = 2  # of the learn stage
-    consolidate_epochs: int = 10  # of the consolidation stage (crl, cear, cml)
-    batch_size: int = 16
-    eval_batch_size: int | None = None  # default: 128 on a CPU, 1024 on a GPU
-    length_window: int = 50  # training batches are sorted by length within windows of this many (1: no sorting)
-    precision: str = "auto"  # bf16 (autocast), fp32, or auto: bf16 where the hardware has it (cml/device.py)
-    lr: float = 5e-5  # the encoder
-    projection_lr: float | None = None  # the h and z projections (default: lr, as CEAR)
-    head_lr: float = 1e-3  # the classifier
-    memory_size: int = 10  # examples kept per relation
-    head: str = "projection"  # projection (Linear-GELU-LayerNorm), linear, mlp, or a genotype.json of the head search
-    classifier: str = "auto"  # auto (each method's own), linear, ncm or ensemble
-    alpha: float = 0.5  # ensemble: alpha P_linear + (1 - alpha) P_ncm
-    beta: float = 0.5  # prototypes: (1 - beta) static mean + beta dynamic (memory) mean
-    augment: str = "full"  # memory augmentation of the methods that augment: none, swap or full (swap + concatenation)
-    augment_max_length: int = 256  # word pieces of a concatenated sentence at most
+    methods: list[str] = option(["finetune", "replay", "joint"], "comma list of methods", flag="--method")
+    epochs: int = option(2, "epochs of the learn stage", low=0)
+    consolidate_epochs: int = option(10, "epochs of the consolidation stage (crl, cear, cml)", low=0)
+    batch_size: int = option(16, "training batch size", low=1)
+    eval_batch_size: int | None = option(None, "evaluation batch size (default: 128 on a CPU, 1024 on a GPU)", low=1)
+    length_window: int = option(
+        50, "training batches are sorted by length within windows of this many (1: no sorting)", low=1
+    )
+    precision: str = option(
+        "auto",
+        "bf16 autocast or fp32; auto: bf16 where the GPU or CPU multiplies bf16 natively",
+        choices=("auto", "bf16", "fp32"),
+    )
+    lr: float = option(5e-5, "learning rate of the encoder")
+    projection_lr: float | None = option(None, "learning rate of the h and z projections (default: --lr, as CEAR)")
+    head_lr: float = option(1e-3, "learning rate of the classifier")
+    memory_size: int = option(10, "memory examples kept per relation", low=1)
+    head: str = option(
+        "projection",
+        "projection (Linear-GELU-LayerNorm), linear, mlp, or a genotype.json of --search-head",
+        check=_head,
+    )
+    classifier: str = option(
+        "auto",
+        "test-time classifier for every method: linear, ncm (nearest prototype), ensemble; auto: each method's own",
+        choices=("auto", "linear", "ncm", "ensemble"),
+    )
+    alpha: float = option(0.5, "ensemble weight of the linear head: alpha P_linear + (1 - alpha) P_ncm")
+    beta: float = option(0.5, "prototype weight of the dynamic (memory) mean: (1 - beta) static + beta dynamic")
+    augment: str = option(
+        "full",
+        "memory augmentation of cear and cml: none, swap (entity swap) or full (swap + concatenation)",
+        choices=("none", "swap", "full"),
+    )
+    augment_max_length: int = option(256, "word pieces of a concatenated sentence at most", low=8)
 
 
 @dataclass
 class CMLConfig:
     """The curriculum-meta learner and the relation space it (and the reports) use."""
 
-    types: str = "auto"  # auto (dataset types, else induced), dataset, induced, or a KG type map (JSON path)
-    n_types: int = 32  # clusters for induced types
-    similarity: str = "kl"  # kl (exp(-symmetrised KL / tau)) or cosine
-    tau: float | None = None  # default: the median off-diagonal divergence
-    pacing: str = "linear"  # linear, root or step
-    start_fraction: float = 0.25
-    direction: str = "easy_first"  # easy_first or hard_first
-    meta_eps: float | None = None  # Reptile step size; None: the method's own (cml/methods.py)
-    meta_schedule: str = "fixed"  # fixed, linear (eps (1 - k/K)) or sqrt (eps sqrt(1 - k/K))
-    difficulty: str = "types"  # what orders the curriculum: types (the relation space) or prototypes (cosine)
+    types: str = option(
+        "auto",
+        "entity types: auto (the dataset's, else induced), dataset, induced, or a KG type map (JSON: entity id -> types)",
+        check=_types_source,
+    )
+    n_types: int = option(32, "clusters for induced types", low=2)
+    similarity: str = option(
+        "kl", "relation similarity: kl (exp(-symmetrised KL / tau)) or cosine", choices=("kl", "cosine")
+    )
+    tau: float | None = option(
+        None, "temperature of the kl similarity (default: the median off-diagonal divergence)", flag="--similarity-tau"
+    )
+    pacing: str = option("linear", "curriculum pacing", choices=("linear", "root", "step"))
+    start_fraction: float = option(0.25, "fraction of the memory available at the first curriculum step")
+    direction: str = option("easy_first", "curriculum direction", choices=("easy_first", "hard_first"))
+    meta_eps: float | None = option(
+        None, "Reptile step size (default: the method's own, 0.5 for cml-2021 as published, 0.9 for cml)"
+    )
+    meta_schedule: str = option(
+        "fixed",
+        "Reptile step-size schedule: fixed, linear (eps (1 - k/K)) or sqrt",
+        choices=("fixed", "linear", "sqrt"),
+    )
+    difficulty: str = option(
+        "types",
+        "what orders the curriculum: types (the relation space) or prototypes (cosine)",
+        choices=("types", "prototypes"),
+    )
 
 
 @dataclass
@@ -79,41 +178,19 @@ class LossConfig:
     """The weight of every loss term (0 switches it off) and the terms' constants. Which terms a
     stage uses is part of its method (cml/methods.py)."""
 
-    ce: float = field(default=1.0, metadata={"help": "cross-entropy over the seen relations"})
-    supcon: float = field(default=1.0, metadata={"help": "supervised contrastive loss against a feature bank (CRL)"})
-    proto: float = field(default=1.0, metadata={"help": "InfoNCE against the relation prototypes (CEAR)"})
-    margin: float = field(default=0.5, metadata={"help": "hard-negative prototype margin loss (CEAR's mu)"})
-    rkd: float = field(default=1.0, metadata={"help": "relational distillation, no teacher pass (CRL)"})
-    fkd: float = field(default=1.1, metadata={"help": "focal distillation of the linear head (CEAR's lambda2)"})
-    fkd_z: float = field(default=0.5, metadata={"help": "focal distillation of the prototype scores (CEAR's lambda1)"})
-    margin_value: float = field(default=0.1, metadata={"help": "the margin omega"})
-    tau: float = field(default=0.1, metadata={"help": "temperature tau1 of the contrastive terms and the ensemble"})
-    analogy_tau: float = field(default=0.5, metadata={"help": "temperature tau2 of the analogy weights"})
-    kappa: float = field(default=10.0, metadata={"help": "temperature factor of relational distillation"})
-    gamma: float = field(default=1.25, metadata={"help": "focusing exponent of focal distillation"})
-    bank_sample: int = field(default=500, metadata={"help": "bank entries per step in CRL's first stage"})
-
-
-@dataclass
-class SearchConfig:
-    """DARTS search of the head cell (METHOD.md section 6), on frozen encoder features of one task."""
-
-    method: str = "darts2"  # darts1 (first order), darts2 (second order) or idarts (implicit)
-    relaxation: str = "softmax"  # softmax, gumbel or sparse
-    task: int = 0  # which task of order 0 to search on
-    nodes: int = 4  # intermediate nodes of the cell
-    width: int = 128  # width of every node
-    steps: int = 300
-    batch_size: int = 64
-    w_lr: float = 0.05  # SGD (momentum 0.9) on the supernet weights; also the virtual step xi
-    alpha_lr: float = 3e-3  # Adam on the architecture parameters
-    neumann_terms: int = 5  # K of the implicit estimator
-    neumann_gamma: float = 0.01  # below 1 / largest Hessian eigenvalue
-    tau0: float = 1.0  # start temperature of gumbel and sparse
-    tau_min: float = 0.05  # end temperature
-    skip_limit: int | None = None  # stop early once the discretised cell keeps this many skip edges
-    eval_every: int = 20  # steps between validation checks
-    head_epochs: int = 30  # epochs of the from-scratch training that compares the heads
+    ce: float = option(1.0, "cross-entropy over the seen relations")
+    supcon: float = option(1.0, "supervised contrastive loss against a feature bank (CRL)")
+    proto: float = option(1.0, "InfoNCE against the relation prototypes (CEAR)")
+    margin: float = option(0.5, "hard-negative prototype margin loss (CEAR's mu)")
+    rkd: float = option(1.0, "relational distillation, no teacher pass (CRL)")
+    fkd: float = option(1.1, "focal distillation of the linear head (CEAR's lambda2)")
+    fkd_z: float = option(0.5, "focal distillation of the prototype scores (CEAR's lambda1)")
+    margin_value: float = option(0.1, "the margin omega")
+    tau: float = option(0.1, "temperature tau1 of the contrastive terms and the ensemble")
+    analogy_tau: float = option(0.5, "temperature tau2 of the analogy weights")
+    kappa: float = option(10.0, "temperature factor of relational distillation")
+    gamma: float = option(1.25, "focusing exponent of focal distillation")
+    bank_sample: int = option(500, "bank entries per step in CRL's first stage", low=1)
 
 
 @dataclass
@@ -121,10 +198,23 @@ class ExecutorConfig:
     """Where the cells of a run execute (cml/executors.py). On a CPU a cell's numbers depend on its
     thread count, never on where it runs: the same seeds and `cpus_per_cell` give the same rows."""
 
-    name: str = "local"  # local (this process, one cell after another) or ray (one Ray task per cell)
-    ray_address: str | None = None  # ray: None starts Ray on this machine; auto or host:port joins a cluster
-    cpus_per_cell: int | None = None  # threads of a cell, and the Ray CPUs it holds; default: all (local), 1 (ray)
-    gpus_per_cell: float = 0.0  # ray: GPUs a cell holds, a fraction to share one GPU between cells
+    name: str = option(
+        "local",
+        "where the (method, order, seed) cells run: local (this process, one after another) or ray (a Ray task "
+        'each, side by side; pip install -e ".[ray]")',
+        choices=("local", "ray"),
+        flag="--executor",
+    )
+    ray_address: str | None = option(None, "ray: the cluster to join (auto, or host:port); default: start Ray here")
+    cpus_per_cell: int | None = option(
+        None,
+        "threads of one cell, and the CPUs Ray reserves for it (default: all cores locally, 1 on ray); on a CPU the "
+        "numbers depend on it, so equal values give equal rows on either executor",
+        low=1,
+    )
+    gpus_per_cell: float = option(
+        0.0, "ray: GPUs one cell holds; a fraction lets cells share a GPU (0.25: four cells per GPU)", low=0
+    )
 
 
 @dataclass
@@ -136,67 +226,31 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
-    output: str = "runs/latest"
-    seed: int = 2021
-    seeds: int = 1  # runs of every (method, order), with seeds seed, seed + 1, ...
-    device: str = "auto"  # auto, cpu or cuda
+    output: str = option("runs/latest", "run directory")
+    seed: int = option(2021, "seed of the run")
+    seeds: int = option(
+        1,
+        "runs of every (method, order) with seeds --seed, --seed + 1, ...: the report separates the variance of "
+        "orders from that of seeds",
+        low=1,
+    )
+    device: str = option("auto", "where the learner computes", choices=("auto", "cpu", "cuda"))
 
     def check(self, source: str = "config") -> RunConfig:
-        """Every option with a fixed set of values, checked before anything runs."""
-        for where, value, allowed in (
-            ("data.task_split", self.data.task_split, CHOICES["task_split"]),
-            ("data.eval_split", self.data.eval_split, CHOICES["eval_split"]),
-            ("encoder.marker_init", self.encoder.marker_init, CHOICES["marker_init"]),
-            ("train.classifier", self.train.classifier, CHOICES["classifier"]),
-            ("train.augment", self.train.augment, CHOICES["augment"]),
-            ("cml.difficulty", self.cml.difficulty, CHOICES["difficulty"]),
-            ("device", self.device, CHOICES["device"]),
-            ("train.precision", self.train.precision, CHOICES["precision"]),
-            ("cml.similarity", self.cml.similarity, CHOICES["similarity"]),
-            ("cml.pacing", self.cml.pacing, CHOICES["pacing"]),
-            ("cml.direction", self.cml.direction, CHOICES["direction"]),
-            ("cml.meta_schedule", self.cml.meta_schedule, CHOICES["meta_schedule"]),
-            ("search.method", self.search.method, CHOICES["nas_method"]),
-            ("search.relaxation", self.search.relaxation, CHOICES["relaxation"]),
-            ("executor.name", self.executor.name, CHOICES["executor"]),
-        ):
-            if value not in allowed:
-                raise CMLInputError(f"{where} is {value!r}; use one of {', '.join(allowed)}", source)
-        if self.seeds < 1:
-            raise CMLInputError(f"seeds is {self.seeds}; it must be at least 1", source)
-        self._check_executor(source)
-        if self.data.order_protocol is not None and self.data.order_protocol not in CHOICES["order_protocol"]:
-            raise CMLInputError(
-                f"data.order_protocol is {self.data.order_protocol!r}; use one of {', '.join(CHOICES['order_protocol'])}",
-                source,
-            )
-        if self.cml.types not in ("auto", "dataset", "induced") and not Path(self.cml.types).is_file():
-            raise CMLInputError(
-                f"cml.types is {self.cml.types!r}: not auto, dataset, induced, or an existing type map file", source
-            )
-        if self.train.head not in CHOICES["head"]:
-            if not self.train.head.endswith(".json"):
-                raise CMLInputError(
-                    f"train.head is {self.train.head!r}; use one of {', '.join(CHOICES['head'])} or a genotype .json file",
-                    source,
-                )
-            from cml.nas.genotype import Genotype
-
-            Genotype.load(self.train.head)  # a bad genotype fails here, before any data is loaded
-        return self
-
-    def _check_executor(self, source: str) -> None:
+        """Every option against its declaration, then what only a combination can get wrong;
+        before anything runs."""
+        for opt in options():
+            problem = opt.problem(opt.get(self))
+            if problem:
+                raise CMLInputError(f"{opt.key} is {opt.get(self)!r}; {problem}", source)
         ex = self.executor
-        if ex.cpus_per_cell is not None and ex.cpus_per_cell < 1:
-            raise CMLInputError(f"executor.cpus_per_cell is {ex.cpus_per_cell}; it must be at least 1", source)
-        if ex.gpus_per_cell < 0:
-            raise CMLInputError(f"executor.gpus_per_cell is {ex.gpus_per_cell}; it must not be negative", source)
         if ex.name == "local" and (ex.gpus_per_cell or ex.ray_address is not None):
             raise CMLInputError(
                 "executor.gpus_per_cell and executor.ray_address apply to the ray executor; "
                 "the local one runs on --device (add --executor ray)",
                 source,
             )
+        return self
 
     def run_seeds(self) -> list[int]:
         """The seeds every (method, order) runs with: seed, seed + 1, ..., seed + seeds - 1."""
@@ -210,34 +264,100 @@ class RunConfig:
         return _build(cls, values, source)
 
 
-CHOICES = {
-    "task_split": ("random", "clustered"),
-    "order_protocol": ("file", "random", "cyclic"),
-    "eval_split": ("test", "val"),
-    "marker_init": ("punct", "random"),
-    "head": ("projection", "linear", "mlp"),
-    "classifier": ("auto", "linear", "ncm", "ensemble"),  # auto: each method's own
-    "augment": ("none", "swap", "full"),
-    "difficulty": ("types", "prototypes"),
-    "device": ("auto", "cpu", "cuda"),
-    "precision": ("auto", "bf16", "fp32"),
-    "similarity": ("kl", "cosine"),
-    "pacing": ("linear", "root", "step"),
-    "direction": ("easy_first", "hard_first"),
-    "meta_schedule": ("fixed", "linear", "sqrt"),
-    "nas_method": ("darts1", "darts2", "idarts"),
-    "relaxation": ("softmax", "gumbel", "sparse"),
-    "executor": ("local", "ray"),
-}
 SECTIONS = {
-    "data": DataConfig,
-    "encoder": EncoderConfig,
-    "train": TrainConfig,
-    "cml": CMLConfig,
-    "loss": LossConfig,
-    "search": SearchConfig,
-    "executor": ExecutorConfig,
+    f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.default_factory is not dataclasses.MISSING
 }
+# flags of a section's options are --<prefix><name> unless the declaration names its flag
+FLAG_PREFIX = {"loss": "loss-", "search": "search-"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One declared option, as the CLI, the YAML loader and validation see it."""
+
+    section: str  # "" for the top level
+    name: str
+    kind: type  # int, float, str, bool or list (of str)
+    optional: bool  # None allowed
+    default: Any
+    help: str
+    flag: str
+    choices: tuple | None = None
+    low: float | None = None
+    check: Callable[[Any], str | None] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}" if self.section else self.name
+
+    def get(self, config: RunConfig) -> Any:
+        return getattr(getattr(config, self.section) if self.section else config, self.name)
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with `value` for this option, or None."""
+        if value is None:
+            return None if self.optional else "a value is required"
+        if self.kind is list:
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                return "expected a list of names"
+        elif self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return "expected a number"
+        elif isinstance(value, bool) != (self.kind is bool) or not isinstance(value, self.kind):
+            return (
+                f"expected {'true or false' if self.kind is bool else 'an integer' if self.kind is int else 'a string'}"
+            )
+        if self.choices is not None and value not in self.choices:
+            return f"use one of {', '.join(self.choices)}"
+        if self.low is not None and value < self.low:
+            return f"it must be at least {self.low}"
+        return self.check(value) if self.check else None
+
+
+def _kind(hint) -> tuple[type, bool]:
+    """(int | float | str | bool | list, whether None is allowed) of a field's type hint."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (inner,) = [a for a in args if a is not type(None)]
+        return _kind(inner)[0], True
+    return (typing.get_origin(hint) or hint), False
+
+
+def _options_of(cls, section: str) -> list[Option]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name in SECTIONS and cls is RunConfig:
+            continue
+        kind, optional = _kind(hints[f.name])
+        m = f.metadata
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        flag = m.get("flag") or "--" + FLAG_PREFIX.get(section, "") + f.name.replace("_", "-")
+        out.append(
+            Option(
+                section,
+                f.name,
+                kind,
+                optional,
+                default,
+                m["help"],
+                flag,
+                m.get("choices"),
+                m.get("low"),
+                m.get("check"),
+            )
+        )
+    return out
+
+
+def options() -> list[Option]:
+    """Every option of a run, section by section, then the top-level ones."""
+    return [o for name, cls in SECTIONS.items() for o in _options_of(cls, name)] + _options_of(RunConfig, "")
+
+
+def choices(key: str) -> tuple:
+    """The allowed values of an option, by its key (e.g. `train.augment`)."""
+    return next(o.choices for o in options() if o.key == key)
 
 
 def _build(cls, values: Any, source: str, prefix: str = ""):

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+from pathlib import Path
 
 import torch
 
@@ -32,7 +33,19 @@ def resolve_device(name: str) -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them in /proc/cpuinfo; none elsewhere (torch has
+    no public query for bf16 support on a CPU), so `auto` is then fp32."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

@@ -24,7 +24,7 @@ from torch.func import functional_call
 from cml.config import CMLConfig, RunConfig
 from cml.curriculum import CurriculumScheduler
 from cml.device import autocast, eval_batch_size, to_device
-from cml.encoder import EncodedSplit, frozen_states
+from cml.frozen import frozen_states
 from cml.memory import EpisodicMemory
 from cml.model import Z_DIM, Output, RelationModel
 from cml.plugins import Plugin
@@ -32,6 +32,7 @@ from cml.prototypes import Prototypes, predictions
 from cml.relations import RelationSpace
 from cml.stages import Bank, StageData
 from cml.timing import TRAIN_PHASE, PhaseTimer
+from cml.tokens import EncodedSplit
 
 
 @dataclass
@@ -182,7 +183,11 @@ class Engine:
         def on_device(batch: dict[str, torch.Tensor]) -> Output:
             batch = self.to_device(batch)
             with self.autocast():
-                out = functional_call(self.model, weights, (batch, self.seen)) if weights else self.model(batch, self.seen)
+                out = (
+                    functional_call(self.model, weights, (batch, self.seen))
+                    if weights
+                    else self.model(batch, self.seen)
+                )
             return Output(*(t.float().cpu() for t in out))
 
         with self.timer(phase, len(indices)):
@@ -203,7 +208,9 @@ class Engine:
         says which relations must have one."""
         needed = self.seen_ids if whose == "seen" else self.old_ids.cpu()
         if not self.prototypes.covers(needed):
-            raise RuntimeError(f"stage {stage!r} uses losses that need prototypes of the {whose} relations, before they have them")
+            raise RuntimeError(
+                f"stage {stage!r} uses losses that need prototypes of the {whose} relations, before they have them"
+            )
         return {s: self.prototypes.mixed(s, self.beta).to(self.device) for s in ("h", "z")}
 
     def with_frozen_states(self, split: EncodedSplit) -> EncodedSplit:
@@ -234,7 +241,9 @@ class Engine:
     def curriculum(self, difficulty: list[float], batch_size: int, epoch: int) -> list[list[int]]:
         """One epoch of CML's curriculum over items with these difficulties (positions in the list)."""
         o = self.context.options
-        return list(CurriculumScheduler(difficulty, batch_size, o.pacing, o.start_fraction, o.direction, seed=self.seed + epoch))
+        return list(
+            CurriculumScheduler(difficulty, batch_size, o.pacing, o.start_fraction, o.direction, seed=self.seed + epoch)
+        )
 
     # --- the loop ------------------------------------------------------------------------------
     def train_step(
@@ -302,7 +311,11 @@ class Engine:
         is_new = torch.isin(labels, self.current_ids)
         rate = lambda correct, mask: round(float(correct[mask].float().mean()), 6) if mask.any() else None
         classifiers = {
-            kind: {"whole": rate(p == labels, labels >= 0), "old": rate(p == labels, ~is_new), "new": rate(p == labels, is_new)}
+            kind: {
+                "whole": rate(p == labels, labels >= 0),
+                "old": rate(p == labels, ~is_new),
+                "new": rate(p == labels, is_new),
+            }
             for kind, p in preds.items()
         }
         correct = preds[self.classifier] == labels
@@ -312,9 +325,7 @@ class Engine:
             mask = torch.isin(labels, self.data.ids(task))
             task_acc.append(rate(correct, mask))
             task_size.append(int(mask.sum()))
-        return TaskResult(
-            task_acc, task_size, per_relation, rate(correct, ~is_new), rate(correct, is_new), classifiers
-        )
+        return TaskResult(task_acc, task_size, per_relation, rate(correct, ~is_new), rate(correct, is_new), classifiers)
 
     # --- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:

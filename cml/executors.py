@@ -18,9 +18,9 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
+from cml.cells import Cell, Grid, Record, run_cell
 from cml.device import resolve_device
 from cml.engine import TaskResult
-from cml.runner import Cell, Grid, Record, run_cell
 from cml.timing import PhaseTimer
 
 # attempts after a cell's worker dies (a killed process, a lost node); a cell's own error is never retried

@@ -3,23 +3,17 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from cml.config import RunConfig
-from cml.data import DEFAULT_ROOT, RelationDataset, load_dataset
+from cml.data import RelationDataset, load_dataset
 from cml.errors import CMLInputError
 from cml.relations import RelationSpace
 from cml.tasks import TaskOrder, make_orders, resolve_protocol
 
 DEFAULT_TASKS = {"demo": 5}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CML_CACHE_DIR", DEFAULT_ROOT / "cache"))
 
 
 @dataclass
@@ -61,7 +55,8 @@ def relation_space(config: RunConfig, dataset: RelationDataset) -> tuple[Relatio
     if source == "dataset":
         types, label = rel.dataset_types(dataset), "carried by the dataset"
     elif source == "induced":
-        from cml.encoder import fingerprint, load_backbone, load_tokenizer, memo
+        from cml.cache import cache_dir, fingerprint, memo
+        from cml.encoder import load_backbone, load_tokenizer
 
         def induce():
             tokenizer = load_tokenizer(config.encoder.name)

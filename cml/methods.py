@@ -61,7 +61,12 @@ def cml(curriculum: bool = True, meta: bool = True, summary: str = "") -> Method
     step right after the learn stage, before memory selection (docs/method.md)."""
     return Method(
         summary,
-        (LEARN, SELECT, consolidate(CEAR_LOSSES, augment=True, order="curriculum" if curriculum else "shuffle"), REFRESH),
+        (
+            LEARN,
+            SELECT,
+            consolidate(CEAR_LOSSES, augment=True, order="curriculum" if curriculum else "shuffle"),
+            REFRESH,
+        ),
         classifier="ensemble",
         ncm=NearestPrototype("z", "cosine"),
         plugins=(MetaStep(CML_EPS),) if meta else (),
@@ -97,7 +102,9 @@ METHODS: dict[str, Method] = {
         ncm=NearestPrototype("z", "cosine"),
         plugins=(ResetClassifier(),),
     ),
-    "cml": cml(summary="CML on the strong core: CEAR's stages, curriculum-ordered consolidation, Reptile after learning"),
+    "cml": cml(
+        summary="CML on the strong core: CEAR's stages, curriculum-ordered consolidation, Reptile after learning"
+    ),
     "cml-no-curriculum": cml(curriculum=False, summary="cml without the curriculum (consolidation batches shuffled)"),
     "cml-no-meta": cml(meta=False, summary="cml without the Reptile step"),
     "cml-2021": Method(
@@ -136,7 +143,9 @@ def check_difficulty(names: list[str], difficulty: str) -> None:
     """Prototype difficulty compares with the current task's prototypes, which exist only once its
     memory is selected: a curriculum inside the learn stage (cml-2021) runs before that."""
     if difficulty == "prototypes":
-        early = [n for n in names if any(isinstance(s, Train) and s.order == "curriculum-mix" for s in METHODS[n].stages)]
+        early = [
+            n for n in names if any(isinstance(s, Train) and s.order == "curriculum-mix" for s in METHODS[n].stages)
+        ]
         if early:
             raise CMLInputError(
                 f"--difficulty prototypes: {early[0]} orders memory inside the learn stage, before the "

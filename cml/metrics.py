@@ -1,4 +1,4 @@
-"""Continual-learning metrics over accuracy matrices (METHOD.md section 4), and the statistics
+"""Continual-learning metrics over accuracy matrices (docs/method.md, "Metrics"), and the statistics
 that tell order effects from noise.
 
 `acc` has shape [N, K, K]: acc[r, k, j] is the accuracy on the task at position j after training
@@ -193,7 +193,7 @@ def correlation(x, y, seed: int = 0, resamples: int = 9999) -> Correlation | Non
     return Correlation(float(test.statistic), float(test.pvalue), low, high, len(x))
 
 
-# Difficulty-based order sensitivity (METHOD.md section 4).
+# Difficulty-based order sensitivity (docs/method.md, "Metrics").
 
 
 def difficulty_weighted_os(os_units: torch.Tensor, difficulty: torch.Tensor) -> float:

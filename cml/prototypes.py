@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from cml.config import CHOICES
+from cml.config import choices
 from cml.model import Output
 
-CLASSIFIERS = tuple(c for c in CHOICES["classifier"] if c != "auto")
+CLASSIFIERS = tuple(c for c in choices("train.classifier") if c != "auto")
 
 
 @dataclass
@@ -60,7 +60,12 @@ class Prototypes:
         return bool((self.has_static | self.has_dynamic)[relations].all())
 
     def state_dict(self) -> dict:
-        return {"static": self.static, "dynamic": self.dynamic, "has_static": self.has_static, "has_dynamic": self.has_dynamic}
+        return {
+            "static": self.static,
+            "dynamic": self.dynamic,
+            "has_static": self.has_static,
+            "has_dynamic": self.has_dynamic,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.static, self.dynamic = dict(state["static"]), dict(state["dynamic"])

@@ -1,5 +1,5 @@
 """Relation representations from the distribution of head (domain) and tail (range) entity types,
-relation similarity, and task / relation difficulty (METHOD.md sections 3.1 and 3.2).
+relation similarity, and task / relation difficulty (docs/method.md, "Relation space and difficulty").
 
 v_r = [P_h(type | r) ; P_t(type | r)], additively smoothed. Types come from, in order of
 preference, a knowledge-graph type map (entity id -> types), the types the dataset carries, or

@@ -1,175 +1,14 @@
-"""The run report: report.json (every number), report.md (tables) and PNG plots."""
+"""The run report rendered from `cml.summary`'s plain data: report.json, report.md (tables) and
+PNG plots. Nothing here computes a number; it formats and draws."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from pathlib import Path
 
-import torch
-
-from cml import metrics
 from cml.config import RunConfig
 from cml.experiment import Experiment
-from cml.prototypes import CLASSIFIERS
-
-Grid = list[list[list[dict]]]  # the result rows of one method: [order][seed][task]
-
-
-def runs_of(grid: Grid) -> list[list[dict]]:
-    """The rows of each run, order-major: run o * S + s is (order o, seed s)."""
-    return [cell for per_seed in grid for cell in per_seed]
-
-
-def accuracy_tensors(grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
-    """acc [O*S, K, K] (NaN above the diagonal) and n [O*S, K], one run per (order, seed)."""
-    runs = runs_of(grid)
-    K = len(runs[0])
-    acc = torch.full((len(runs), K, K), math.nan, dtype=torch.float64)
-    for r, cell in enumerate(runs):
-        for k, row in enumerate(cell):
-            acc[r, k, : k + 1] = torch.tensor(row["task_accuracy"], dtype=torch.float64)
-    n = torch.tensor([cell[-1]["task_size"] for cell in runs])
-    return acc, n
-
-
-def relation_accuracy_tensor(grid: Grid, relations: list[str]) -> torch.Tensor:
-    """acc [O*S, K, R]: each relation's accuracy after each task, NaN before it is learned."""
-    runs = runs_of(grid)
-    acc = torch.full((len(runs), len(runs[0]), len(relations)), math.nan, dtype=torch.float64)
-    for r, cell in enumerate(runs):
-        for k, row in enumerate(cell):
-            for i, relation in enumerate(relations):
-                value = row["relation_accuracy"].get(relation)
-                acc[r, k, i] = math.nan if value is None else value
-    return acc
-
-
-def final_by_unit(grid: Grid, experiment: Experiment) -> tuple[str, list[list[str]], list[float], torch.Tensor]:
-    """Final accuracies [O, S, units] over the unit all orders share, with each unit's difficulty.
-
-    The unit is the task when every order holds the same tasks (clustered split), else the
-    relation: random splits cut different tasks per order, so "task j" means nothing across
-    orders. A task's difficulty is d(T) among the tasks; a relation's is d(r | every other relation).
-    """
-    orders, space = experiment.orders, experiment.space
-    task_sets = [[frozenset(t) for t in order.tasks] for order in orders]
-    final = [[cell[-1] for cell in per_seed] for per_seed in grid]
-    if all(set(ts) == set(task_sets[0]) for ts in task_sets):
-        units = task_sets[0]
-        values = [
-            [[row["task_accuracy"][ts.index(u)] for u in units] for row in rows] for rows, ts in zip(final, task_sets)
-        ]
-        tasks = [sorted(u) for u in units]
-        return "task", tasks, space.task_difficulty(tasks), torch.tensor(values, dtype=torch.float64)
-    relations = sorted(final[0][0]["relation_accuracy"])
-    values = [[[row["relation_accuracy"][r] for r in relations] for row in rows] for rows in final]
-    return (
-        "relation",
-        [[r] for r in relations],
-        relation_difficulties(space, relations),
-        torch.tensor(values, dtype=torch.float64),
-    )
-
-
-def relation_difficulties(space, relations: list[str]) -> list[float]:
-    return [space.relation_difficulty(r, [b for b in relations if b != r]) for r in relations]
-
-
-def as_dict(value) -> dict | None:
-    return None if value is None else dataclasses.asdict(value)
-
-
-def order_measures(unit: str, units: list[list[str]], difficulty: list[float], final: torch.Tensor) -> dict:
-    """OS, OS_d, OPD, AOPD and MOPD over the units' final accuracies [O, S, units], seeds
-    averaged (what the order alone does); none of them exists for one order."""
-    names = [" ".join(u) for u in units]
-    keys = ("per_unit", "mean", "difficulty_weighted", "opd_per_unit", "aopd", "mopd")
-    if len(final) < 2:
-        return {"unit": unit, **dict.fromkeys(keys)}
-    final = final.mean(1)
-    os_units, opd = metrics.order_sensitivity(final), metrics.order_performance_difference(final)
-    values = (
-        dict(zip(names, os_units.tolist())),
-        float(os_units.mean()),
-        metrics.difficulty_weighted_os(os_units, torch.tensor(difficulty, dtype=torch.float64)),
-        dict(zip(names, opd.tolist())),
-        float(opd.mean()),
-        float(opd.max()),
-    )
-    return {"unit": unit, **dict(zip(keys, values))}
-
-
-def method_report(grid: Grid, experiment: Experiment) -> dict:
-    O, S, K = len(grid), len(grid[0]), len(grid[0][0])
-    acc, n = accuracy_tensors(grid)
-    whole = metrics.whole_accuracy(acc, n).view(O, S, K)
-    average = metrics.average_accuracy(acc).view(O, S, K)
-    unit, units, unit_difficulty, final = final_by_unit(grid, experiment)
-    difficulty = torch.tensor([experiment.difficulties(o) for o in experiment.orders], dtype=torch.float64)
-    forgetting = metrics.forgetting(acc).view(O, S, K - 1) if K > 1 else None
-    tau = metrics.curriculumness(difficulty) if K > 1 else torch.zeros(O, dtype=torch.float64)
-    relations = experiment.dataset.relations
-    relation_forgetting = torch.nanmean(metrics.unit_forgetting(relation_accuracy_tensor(grid, relations)), dim=0)
-    relation_difficulty = torch.tensor(relation_difficulties(experiment.space, relations), dtype=torch.float64)
-    forgettable = ~torch.isnan(relation_forgetting)
-    sp = lambda values: dataclasses.asdict(metrics.spread(values))
-
-    def over_runs(pick) -> dict | None:
-        """Spread over runs of one number per run (None where a run has none)."""
-        values = [[pick(cell) for cell in per_seed] for per_seed in grid]
-        return None if any(v is None for row in values for v in row) else sp(torch.tensor(values, dtype=torch.float64))
-
-    classifiers = [c for c in CLASSIFIERS if all(c in cell[-1].get("classifiers", {}) for cell in runs_of(grid))]
-    return {
-        "accuracy_matrices": [[[None if math.isnan(x) else x for x in r] for r in m] for m in acc.tolist()],
-        "task_sizes": n.tolist(),
-        "task_difficulty": difficulty.tolist(),
-        "final_whole_accuracy_per_run": whole[:, :, -1].tolist(),
-        "whole_accuracy_per_order": whole.mean(1).tolist(),
-        "average_accuracy_per_order": average.mean(1).tolist(),
-        "whole_accuracy_per_stage": [sp(whole[:, :, k]) for k in range(K)],
-        "average_accuracy_per_stage": [sp(average[:, :, k]) for k in range(K)],
-        "final_whole_accuracy": sp(whole[:, :, -1]),
-        "old_accuracy_per_stage": [over_runs(lambda cell: cell[k].get("old_accuracy")) for k in range(K)],
-        "new_accuracy_per_stage": [over_runs(lambda cell: cell[k].get("new_accuracy")) for k in range(K)],
-        "final_by_classifier": {
-            kind: {
-                part: over_runs(lambda cell: cell[-1]["classifiers"][kind][part]) for part in ("whole", "old", "new")
-            }
-            for kind in classifiers
-        },
-        "final_average_accuracy": sp(average[:, :, -1]),
-        "forgetting": sp(metrics.average_forgetting(acc).view(O, S)) if K > 1 else None,
-        "forgetting_per_task": forgetting.mean(1).tolist() if K > 1 else [],
-        "average_forgetting_rate": sp(metrics.average_forgetting_rate(acc).view(O, S)) if K > 1 else None,
-        "backward_transfer": sp(metrics.backward_transfer(acc).view(O, S)) if K > 1 else None,
-        "variance_parts": dataclasses.asdict(metrics.variance_parts(whole[:, :, -1])),
-        "order_sensitivity": order_measures(unit, units, unit_difficulty, final),
-        "rho_f": as_dict(metrics.correlation(difficulty[:, :-1], forgetting.mean(1))) if K > 2 else None,
-        "relation_difficulty_forgetting": {
-            "relations": [r for r, keep in zip(relations, forgettable.tolist()) if keep],
-            "difficulty": relation_difficulty[forgettable].tolist(),
-            "forgetting": relation_forgetting[forgettable].tolist(),
-            "rho": as_dict(metrics.correlation(relation_difficulty[forgettable], relation_forgetting[forgettable])),
-        },
-        "order_curriculumness": tau.tolist(),
-        "rho_o": as_dict(metrics.correlation(tau, whole[:, :, -1].mean(1))) if K > 1 else None,
-        "seconds": sum(row["seconds"] for cell in runs_of(grid) for row in cell),
-        "train_examples": sum(row.get("train_examples", 0) for cell in runs_of(grid) for row in cell),
-    }
-
-
-def comparisons(reports: dict[str, dict]) -> list[dict]:
-    """Every pair of methods, paired over the same runs (order, seed) on final whole accuracy."""
-    names = list(reports)
-    final = {m: torch.tensor(r["final_whole_accuracy_per_run"], dtype=torch.float64) for m, r in reports.items()}
-    return [
-        {"a": a, "b": b, **dataclasses.asdict(metrics.paired_comparison(final[a], final[b]))}
-        for i, a in enumerate(names)
-        for b in names[i + 1 :]
-    ]
+from cml.summary import summarize
 
 
 def pm(s: dict | None, scale: float = 100) -> str:
@@ -253,7 +92,7 @@ def markdown(report: dict) -> str:
                     pm(m["backward_transfer"]),
                     pct(m["order_sensitivity"]["mean"]),
                     f"{m['seconds']:.0f}",
-                    f"{m['train_examples'] / max(m['seconds'], 1e-9):.0f}",
+                    f"{m['train_examples_per_second']:.0f}",
                 ]
                 for name, m in methods.items()
             ],
@@ -295,17 +134,11 @@ def markdown(report: dict) -> str:
         ]
     lines += order_sensitivity(methods)
     lines += ["", "## Where the time went", "", "In this invocation (a resumed run counts only what it ran).", ""]
-    phases = sorted(report["timings"].items(), key=lambda item: -item[1]["seconds"])
     lines += table(
         ["phase", "seconds", "examples", "examples/s"],
         [
-            [
-                phase,
-                f"{t['seconds']:.1f}",
-                t["examples"] or "-",
-                f"{t['examples'] / t['seconds']:.0f}" if t["examples"] and t["seconds"] else "-",
-            ]
-            for phase, t in phases
+            [phase, f"{t['seconds']:.1f}", t["examples"] or "-", num(t["examples_per_second"], digits=0)]
+            for phase, t in report["timings"].items()
         ],
     )
     lines += ["", "## Definitions", "", DEFINITIONS, ""]
@@ -449,10 +282,10 @@ def plot(report: dict, run_dir: Path) -> None:
     methods = report["methods"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, m in methods.items():
-        per_order = np.array(m["whole_accuracy_per_order"]) * 100
-        stages = np.arange(1, per_order.shape[1] + 1)
-        ax.plot(stages, per_order.mean(0), marker="o", label=name)
-        ax.fill_between(stages, per_order.min(0), per_order.max(0), alpha=0.2)
+        band = {k: 100 * np.array(v) for k, v in m["whole_accuracy_by_stage_over_orders"].items()}
+        stages = np.arange(1, len(band["mean"]) + 1)
+        ax.plot(stages, band["mean"], marker="o", label=name)
+        ax.fill_between(stages, band["min"], band["max"], alpha=0.2)
     ax.set(xlabel="tasks seen", ylabel="whole accuracy W_k (%)", title="Accuracy by stage (band: range over orders)")
     ax.set_xticks(stages)
     ax.legend()
@@ -462,7 +295,7 @@ def plot(report: dict, run_dir: Path) -> None:
 
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.4), squeeze=False)
     for ax, (name, m) in zip(axes[0], methods.items()):
-        mat = np.array(m["accuracy_matrices"], dtype=float).mean(0) * 100
+        mat = 100 * np.array(m["mean_accuracy_matrix"], dtype=float)
         im = ax.imshow(np.ma.masked_invalid(mat), vmin=0, vmax=100, cmap="viridis")
         ax.set(title=name, xlabel="task j (position)", ylabel="after task k")
         k = mat.shape[0]
@@ -472,14 +305,11 @@ def plot(report: dict, run_dir: Path) -> None:
     fig.savefig(run_dir / "accuracy_matrix.png", dpi=120)
     plt.close(fig)
 
-    forgetting = {
-        n: (np.array(m["task_difficulty"])[:, :-1].flatten(), np.array(m["forgetting_per_task"]).flatten() * 100)
-        for n, m in methods.items()
-    }
+    points = lambda key, x, y: {n: (m[key][x], 100 * np.array(m[key][y])) for n, m in methods.items()}
     _scatter(
         plt,
         run_dir / "difficulty_forgetting.png",
-        forgetting,
+        points("task_difficulty_forgetting", "difficulty", "forgetting"),
         "task difficulty d(T)",
         "forgetting f_j (%)",
         "Are harder tasks forgotten more?",
@@ -487,25 +317,18 @@ def plot(report: dict, run_dir: Path) -> None:
     _scatter(
         plt,
         run_dir / "relation_difficulty_forgetting.png",
-        {
-            n: (
-                m["relation_difficulty_forgetting"]["difficulty"],
-                np.array(m["relation_difficulty_forgetting"]["forgetting"]) * 100,
-            )
-            for n, m in methods.items()
-        },
+        points("relation_difficulty_forgetting", "difficulty", "forgetting"),
         "relation difficulty d(r | R)",
         "forgetting of the relation (%), mean over runs",
         "Are harder relations forgotten more?",
     )
-    easy_first = {
-        n: (np.array(m["order_curriculumness"]), np.array(m["whole_accuracy_per_order"])[:, -1] * 100)
-        for n, m in methods.items()
-    }
     _scatter(
         plt,
         run_dir / "order_curriculumness.png",
-        easy_first,
+        {
+            n: (m["order_curriculumness"], 100 * np.array(m["final_whole_accuracy_per_order"]))
+            for n, m in methods.items()
+        },
         "tau_o: Kendall(position, difficulty); +1 = easy first",
         "final whole accuracy W_K (%)",
         "Does an easy-first order help?",
@@ -524,32 +347,8 @@ def _scatter(plt, path: Path, series: dict, xlabel: str, ylabel: str, title: str
 
 
 def write_report(run_dir: Path, config: RunConfig, experiment: Experiment, rows: dict, timings: dict) -> dict:
-    """`timings`: seconds and examples per phase of this invocation (`PhaseTimer.summary`)."""
-    ds = experiment.dataset
-    seeds = config.run_seeds()
-    K = len(experiment.orders[0].tasks)
-    methods = {
-        m: method_report(
-            [[[rows[(m, o, seed, k)] for k in range(K)] for seed in seeds] for o in range(len(experiment.orders))],
-            experiment,
-        )
-        for m in config.train.methods
-    }
-    report = {
-        "dataset": {
-            "name": ds.name,
-            "source": ds.source,
-            "relations": len(ds.relations),
-            "tasks": len(experiment.orders[0].tasks),
-            "orders": len(experiment.orders),
-        },
-        "orders": [{"origin": o.origin, "tasks": o.tasks} for o in experiment.orders],
-        "seeds": seeds,
-        "config": config.to_dict(),
-        "methods": methods,
-        "comparisons": comparisons(methods) if len(experiment.orders) * len(seeds) > 1 else [],
-        "timings": timings,
-    }
+    """report.json, report.md and the plots of a run; returns the report's data."""
+    report = summarize(config, experiment, rows, timings)
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
     (run_dir / "report.md").write_text(markdown(report))
     plot(report, run_dir)

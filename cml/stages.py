@@ -26,11 +26,11 @@ from tqdm import tqdm
 from cml import losses
 from cml.augment import augment
 from cml.config import LossConfig
-from cml.encoder import EncodedSplit
 from cml.errors import CMLInputError, DivergedError
 from cml.memory import select_prototypes
 from cml.model import Output
 from cml.prototypes import class_means
+from cml.tokens import EncodedSplit
 
 if TYPE_CHECKING:
     from cml.engine import Engine
@@ -235,7 +235,9 @@ def _curriculum_mix(engine: Engine, data: StageData, size: int, window: int, epo
     if len(memory) == 0:
         return task_batches
     scores = engine.difficulty_of_items(data.split.labels[memory])
-    chunks = [memory[torch.tensor(b)] for b in engine.curriculum(scores, math.ceil(len(memory) / len(task_batches)), epoch)]
+    chunks = [
+        memory[torch.tensor(b)] for b in engine.curriculum(scores, math.ceil(len(memory) / len(task_batches)), epoch)
+    ]
     return [torch.cat([b, chunks[i]]) if i < len(chunks) else b for i, b in enumerate(task_batches)]
 
 

@@ -1,7 +1,8 @@
 import torch
 
 from cml.augment import augment
-from cml.encoder import MARKERS, tokenize
+from cml.data.records import MARKERS
+from cml.tokens import tokenize
 
 
 def decode(tokenizer, split, i):

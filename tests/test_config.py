@@ -1,7 +1,11 @@
+import re
+from pathlib import Path
+
 import pytest
+import yaml
 
 from cml.cli import config_from_args, main, parser
-from cml.config import load_config
+from cml.config import load_config, options
 from cml.errors import CMLInputError
 
 
@@ -26,18 +30,61 @@ def test_plan_is_printed(capsys):
     assert "20 relations, 800 train / 200 val / 400 test" in out and "order 1 (random, seed 2121)" in out
 
 
-def test_every_flag_reaches_its_config_field_and_every_config_in_configs_loads(tmp_path):
-    from pathlib import Path
+def sample(opt):
+    """A valid value of an option other than its default, and how it is written on the command line."""
+    if opt.kind is bool:
+        return True, []
+    if opt.kind is list:
+        return ["replay", "cml"], ["replay,cml"]
+    if opt.choices:
+        value = next(c for c in reversed(opt.choices) if c != opt.default)
+    elif opt.kind is str:
+        value = {"train.head": "linear", "cml.types": "induced"}.get(opt.key, "somewhere")
+    elif opt.kind is int:
+        value = int(opt.low or 0) + 3
+    else:
+        value = 0.375
+    return value, [str(value)]
 
-    from cml.cli import FLAGS
 
-    args = parser().parse_args(["--loss-margin", "0.3", "--loss-bank-sample", "7", "--classifier", "ncm", "--beta", "0.1"])
-    config = config_from_args(args)
-    assert (config.loss.margin, config.loss.bank_sample) == (0.3, 7)
-    assert (config.train.classifier, config.train.beta) == ("ncm", 0.1)
-    for dest, (section, key) in FLAGS.items():
-        assert hasattr(parser().parse_args([]), dest), dest
-        assert hasattr(getattr(config, section) if section else config, key), (dest, section, key)
+def wrong(opt):
+    """Values the option must refuse, each with the words of the refusal."""
+    bad = [(3, "expected") if opt.kind in (str, list) else ("many", "expected")]
+    if opt.choices:
+        bad.append(("nonsense", "use one of"))
+    if opt.low is not None:
+        bad.append((opt.low - 1, "at least"))
+    return bad
+
+
+@pytest.mark.parametrize("opt", options(), ids=lambda o: o.key)
+def test_every_option_has_a_flag_a_yaml_key_and_validation_that_agree(tmp_path, opt):
+    value, text = sample(opt)
+    ray = [] if opt.key == "executor.name" else ["--executor", "ray"]  # so that ray-only options are allowed
+    config = config_from_args(parser().parse_args([*ray, opt.flag, *text]))
+    assert opt.get(config) == value
+
+    def yaml_with(v, ray=bool(ray)):
+        values = {"executor": {"name": "ray"}} if ray else {}
+        if opt.section:
+            values.setdefault(opt.section, {})[opt.name] = v
+        else:
+            values[opt.name] = v
+        return yaml.safe_dump(values)
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_with(value))
+    assert opt.get(load_config(path)) == value
+    for bad, words in wrong(opt):
+        path.write_text(yaml_with(bad, ray=False))
+        with pytest.raises(CMLInputError, match=rf"c.yaml: {re.escape(opt.key)} is .*; .*{words}"):
+            load_config(path)
+    assert opt.help and opt.flag.startswith("--")
+
+
+def test_flags_are_unique_and_every_shipped_config_loads():
+    flags = [o.flag for o in options()]
+    assert len(flags) == len(set(flags))
     for path in sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml")):
         load_config(path)  # every shipped config is valid
 
@@ -58,7 +105,9 @@ def test_bad_choices_exit_2(flags, message, capsys):
 def test_bad_choice_in_a_file_names_file_and_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  classifier: knn\n")
-    with pytest.raises(CMLInputError, match=r"c.yaml: train.classifier is 'knn'; use one of auto, linear, ncm, ensemble"):
+    with pytest.raises(
+        CMLInputError, match=r"c.yaml: train.classifier is 'knn'; use one of auto, linear, ncm, ensemble"
+    ):
         load_config(path)
 
 
@@ -73,7 +122,9 @@ def test_the_literature_configs_run_end_to_end_on_the_tiny_model(name, tmp_path,
     config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     out = tmp_path / "run"
     small = ["--dataset", "demo", "--encoder", "tiny", "--max-per-relation", "6", "--orders", "1"]
-    assert main(["--config", str(config), *small, "--epochs", "1", "--consolidate-epochs", "1", "--output", str(out)]) == 0
+    assert (
+        main(["--config", str(config), *small, "--epochs", "1", "--consolidate-epochs", "1", "--output", str(out)]) == 0
+    )
     saved = load_config(out / "config.yaml")
     assert saved.encoder.freeze_layers == 0 and saved.train.augment == "full"
     assert saved.loss == load_config(config).loss

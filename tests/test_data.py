@@ -165,3 +165,57 @@ def test_tacred_protocol(tmp_path):
     assert per == {"per:origin": (320, 41), "org:founded": (16, 4)}
     ex = ds.test[0]
     assert ex.tokens[0] == "(" and ex.head == (1, 2) and ex.tail == (2, 4) and ex.head_type == "PERSON"
+
+
+def test_a_registered_dataset_loads_by_name_with_its_directory_and_seed(tmp_path, monkeypatch):
+    from cml.data import DATASETS, register
+    from cml.data.demo import make_demo
+
+    monkeypatch.setattr("cml.data.DATASETS", dict(DATASETS))
+    calls = []
+
+    @register("mine")
+    def load_mine(directory, seed):
+        calls.append((directory, seed))
+        return make_demo(n_train=5, n_val=2, n_test=3)
+
+    ds = load_dataset("mine", tmp_path, seed=7)
+    assert calls == [(tmp_path, 7)] and len(ds.train) == 5 * len(ds.relations)
+    assert main(["--dataset", "mine", "--data-dir", str(tmp_path), "--encoder", "tiny", "--plan-only"]) == 0
+    assert calls[-1] == (tmp_path, 2021)
+
+
+def test_the_readme_dataset_example_registers_loads_and_runs(tmp_path, monkeypatch, capsys):
+    """examples/register_dataset.py, as the README shows it: files of records -> `--dataset mydata`."""
+    import importlib.util
+    from pathlib import Path
+
+    from cml.data import DATASETS
+    from cml.data.demo import make_demo
+
+    monkeypatch.setattr("cml.data.DATASETS", dict(DATASETS))
+    path = Path(__file__).resolve().parents[1] / "examples" / "register_dataset.py"
+    spec = importlib.util.spec_from_file_location("register_dataset", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+    demo = make_demo(n_train=4, n_val=2, n_test=3)
+    for name in ("train", "val", "test"):
+        records = [
+            {"tokens": list(e.tokens), "h": list(e.head), "t": list(e.tail), "relation": e.relation}
+            for e in getattr(demo, name)
+        ]
+        (tmp_path / f"{name}.json").write_text(json.dumps(records))
+    ds = load_dataset("mydata", tmp_path)
+    assert ds.relations == sorted(demo.relations)
+    assert [(e.tokens, e.head, e.tail, e.relation) for e in ds.test] == [
+        (e.tokens, e.head, e.tail, e.relation) for e in demo.test
+    ]
+    argv = ["--dataset", "mydata", "--data-dir", str(tmp_path), "--encoder", "tiny", "--tasks", "5", "--plan-only"]
+    assert main(argv) == 0
+    assert "20 relations" in capsys.readouterr().out
+
+    records = json.loads((tmp_path / "test.json").read_text())
+    records[3]["h"] = [5, 5]
+    (tmp_path / "test.json").write_text(json.dumps(records))
+    assert main(argv) == 2
+    assert "test.json: example 3: head entity span [5, 5) is empty" in capsys.readouterr().err

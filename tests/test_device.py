@@ -3,8 +3,8 @@ import torch
 
 from cml.config import RunConfig
 from cml.device import autocast, native_bf16, resolve_precision, to_device
-from cml.encoder import tokenize
 from cml.errors import CMLInputError
+from cml.tokens import tokenize
 
 CPU = torch.device("cpu")
 

@@ -1,7 +1,8 @@
 import torch
 
-from cml.data.records import RelationExample
-from cml.encoder import MARKERS, RelationEncoder, build_encoder, tokenize, tokenize_cached
+from cml.data.records import MARKERS, RelationExample
+from cml.encoder import RelationEncoder, build_encoder
+from cml.tokens import tokenize, tokenize_cached
 
 
 def test_markers_are_atomic_and_positions_point_at_them(tiny, demo):
@@ -103,7 +104,7 @@ def test_last_layer_at_entity_positions_gives_the_full_models_states_and_gradien
 
 
 def test_cached_frozen_layers_give_the_logits_of_the_full_model(tiny, demo):
-    from cml.encoder import frozen_states
+    from cml.frozen import frozen_states
 
     tokenizer, full = tiny
     split = tokenize(tokenizer, demo.test[:40], demo.label_of)
@@ -125,7 +126,8 @@ def test_cached_frozen_layers_give_the_logits_of_the_full_model(tiny, demo):
 def test_the_frozen_state_cache_tells_apart_encoders_that_differ_only_by_seed(tmp_path, demo):
     """A random encoder (or random marker embeddings) draws its weights from the seed: a cache
     keyed by the encoder's name would hand one seed's states to another."""
-    from cml.encoder import build_encoder, frozen_states, frozen_states_cached
+    from cml.encoder import build_encoder
+    from cml.frozen import frozen_states, frozen_states_cached
 
     for seed in (0, 1, 0):
         tokenizer, encoder = build_encoder("tiny", seed=seed, frozen_layers=1)

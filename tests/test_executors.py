@@ -9,10 +9,11 @@ import time
 
 import pytest
 
+from cml.cells import CHECKPOINTS, LOGS
 from cml.cli import main
 from cml.errors import DivergedError
 from cml.experiment import build_experiment
-from cml.runner import CHECKPOINTS, LOGS, RESULTS_FILE, run
+from cml.runner import RESULTS_FILE, run
 from tests.test_engine import cache_dir, rows_without_time, small_config  # noqa: F401 (cache_dir: autouse fixture)
 
 ray = pytest.importorskip("ray", reason="the ray extra is part of the test extra")
@@ -36,7 +37,8 @@ def grid_config(output, executor: str):
 
 def numbers(report: dict) -> dict:
     """The report without what says where and how fast it ran."""
-    methods = {m: {k: v for k, v in r.items() if k != "seconds"} for m, r in report["methods"].items()}
+    speed = ("seconds", "train_examples_per_second")
+    methods = {m: {k: v for k, v in r.items() if k not in speed} for m, r in report["methods"].items()}
     config = {k: v for k, v in report["config"].items() if k not in ("output", "executor")}
     return {**report, "methods": methods, "config": config, "timings": None}
 

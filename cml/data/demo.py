@@ -57,30 +57,13 @@ LAST = [
     "silva",
     "weber",
 ]
+CITIES = [
+    "oslo", "lyon", "porto", "turin", "graz", "bergen", "leeds", "ghent", "utrecht", "malmo",
+    "krakow", "seville", "bremen", "lille", "aarhus", "brno", "split", "cork", "basel", "tampere",
+]  # fmt: skip
 ENTITIES: dict[str, list[str]] = {
     "person": [f"{f} {l}" for f in FIRST for l in LAST],
-    "city": [
-        "oslo",
-        "lyon",
-        "porto",
-        "turin",
-        "graz",
-        "bergen",
-        "leeds",
-        "ghent",
-        "utrecht",
-        "malmo",
-        "krakow",
-        "seville",
-        "bremen",
-        "lille",
-        "aarhus",
-        "brno",
-        "split",
-        "cork",
-        "basel",
-        "tampere",
-    ],
+    "city": CITIES,
     "country": [
         "norway",
         "france",
@@ -106,23 +89,7 @@ ENTITIES: dict[str, list[str]] = {
         for a in ["nordic", "atlas", "vertex", "orion", "delta", "summit", "apex", "lumen"]
         for b in ["systems", "motors", "labs", "foods", "energy", "media"]
     ],
-    "university": [
-        f"university of {c}"
-        for c in [
-            "oslo",
-            "lyon",
-            "porto",
-            "turin",
-            "graz",
-            "bergen",
-            "leeds",
-            "ghent",
-            "utrecht",
-            "malmo",
-            "krakow",
-            "seville",
-        ]
-    ],
+    "university": [f"university of {c}" for c in CITIES[:12]],
     "work": [
         f"the {a} {b}"
         for a in ["silent", "hidden", "last", "broken", "golden", "distant", "quiet", "winter"]

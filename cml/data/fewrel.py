@@ -7,14 +7,12 @@ tooling).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import urllib.error
-import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
+import torch
 
 from cml.data.io import read_by_relation, read_json
 from cml.data.records import RelationDataset, RelationExample
@@ -163,14 +161,6 @@ def load_fewrel_file(path: str | Path, seed: int = 0) -> RelationDataset:
     return ds
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_fewrel(directory: str | Path, base_url: str | None = None) -> None:
     """Fetch the official FewRel 1.0 release files into `directory`, checking each one."""
     directory = Path(directory)
@@ -182,15 +172,9 @@ def download_fewrel(directory: str | Path, base_url: str | None = None) -> None:
             continue
         url = f"{base_url}/{fname}"
         partial = target.with_suffix(".part")
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response, partial.open("wb") as out:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {fname}") as bar:
-                    for chunk in iter(lambda: response.read(1 << 16), b""):
-                        out.write(chunk)
-                        bar.update(len(chunk))
+        try:  # torch.hub shows progress, checks the sha256 and leaves nothing behind on failure
+            torch.hub.download_url_to_file(url, str(partial), hash_prefix=CHECKSUMS.get(fname), progress=True)
         except (urllib.error.URLError, OSError) as e:
-            partial.unlink(missing_ok=True)
             raise CMLInputError(
                 f"could not download {url} ({getattr(e, 'reason', e)}). Without network, put "
                 f"{', '.join(RAW_FILES)} (and optionally pid2name.json) from the FewRel release "
@@ -198,10 +182,8 @@ def download_fewrel(directory: str | Path, base_url: str | None = None) -> None:
                 f"--data-dir at a directory holding them or a pre-split train/val/test.json",
                 directory,
             ) from None
-        expected = CHECKSUMS.get(fname)
-        if expected is not None and _sha256(partial) != expected:
-            partial.unlink()
-            raise CMLInputError(f"checksum mismatch for {fname} downloaded from {url}; file removed", directory)
+        except RuntimeError as e:  # the hash
+            raise CMLInputError(f"checksum mismatch for {fname} downloaded from {url} ({e})", directory) from None
         if fname in EXPECTED_RELATIONS:
             n = len(read_fewrel_file(partial))
             if n != EXPECTED_RELATIONS[fname]:

@@ -90,7 +90,7 @@ class ArchParameters(nn.Module):
 
 def discretize(probs: torch.Tensor, cell: SuperCell, keep: int = 2) -> Genotype:
     """For each intermediate node keep the `keep` incoming edges whose strongest non-`none` op is
-    strongest, and on each kept edge that op (METHOD.md section 6)."""
+    strongest, and on each kept edge that op (docs/method.md, "Head-cell search")."""
     usable = torch.tensor([o != "none" for o in cell.ops])
     masked = probs.detach().cpu().masked_fill(~usable, -1.0)
     nodes = []

@@ -1,6 +1,6 @@
 """A discrete head cell: for each intermediate node, the edges it keeps and the op on each.
 
-Node numbering follows METHOD.md section 6: nodes 0 and 1 are the `[E11]` and `[E21]` states
+Node numbering follows docs/method.md, "Head-cell search": nodes 0 and 1 are the `[E11]` and `[E21]` states
 (projected to the cell width), intermediate nodes are 2, 3, ...; a node may only read nodes with
 a smaller number. The JSON form is meant to be read by people:
 

@@ -1,5 +1,5 @@
 """Hypergradient estimators of the bilevel problem
-`min_alpha L_val(w*(alpha), alpha)`, `w*(alpha) = argmin_w L_train(w, alpha)` (METHOD.md section 6).
+`min_alpha L_val(w*(alpha), alpha)`, `w*(alpha) = argmin_w L_train(w, alpha)` (docs/method.md, "Head-cell search").
 
 All share one interface: `estimator(train_loss, val_loss, w, alpha) -> d L_val / d alpha`, where
 the losses are pure functions `(w: dict of tensors, alpha: tensor) -> scalar`. They know nothing of
@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import torch
 from torch.func import grad, vjp
-
-from cml.config import CHOICES
 
 Params = dict[str, torch.Tensor]
 Loss = Callable[[Params, torch.Tensor], torch.Tensor]
@@ -80,6 +78,9 @@ class Implicit:
         return g_alpha - mixed
 
 
+ESTIMATORS = ("darts1", "darts2", "idarts")  # first order, second order (finite differences), implicit
+
+
 def make_estimator(method: str, xi: float, terms: int, gamma: float) -> Hypergradient:
     if method == "darts1":
         return first_order
@@ -87,4 +88,4 @@ def make_estimator(method: str, xi: float, terms: int, gamma: float) -> Hypergra
         return SecondOrder(xi)
     if method == "idarts":
         return Implicit(terms, gamma)
-    raise ValueError(f"unknown NAS method {method!r}: use one of {', '.join(CHOICES['nas_method'])}")
+    raise ValueError(f"unknown NAS method {method!r}: use one of {', '.join(ESTIMATORS)}")

@@ -1,4 +1,4 @@
-"""Candidate operations of a head cell (METHOD.md section 6): each maps width -> width.
+"""Candidate operations of a head cell (docs/method.md, "Head-cell search"): each maps width -> width.
 
 `none` is the zero op: in the relaxed supernet it lets an edge fade out; the discretised cell
 never keeps it.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cml.config import CHOICES
+RELAXATIONS = ("softmax", "gumbel", "sparse")
 
 
 @dataclass
@@ -31,8 +31,8 @@ class Relaxation:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.name not in CHOICES["relaxation"]:
-            raise ValueError(f"unknown relaxation {self.name!r}: use one of {', '.join(CHOICES['relaxation'])}")
+        if self.name not in RELAXATIONS:
+            raise ValueError(f"unknown relaxation {self.name!r}: use one of {', '.join(RELAXATIONS)}")
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def temperature(self, step: int) -> float:

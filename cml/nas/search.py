@@ -10,19 +10,52 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from tqdm import tqdm
 
-from cml.config import RunConfig, SearchConfig
-from cml.errors import CMLInputError
 from cml.nas.cell import ArchParameters, SuperCell, discretize
 from cml.nas.genotype import Genotype
-from cml.nas.hypergrad import Loss, make_estimator
-from cml.nas.relax import Relaxation
+from cml.nas.hypergrad import ESTIMATORS, Loss, make_estimator
+from cml.nas.relax import RELAXATIONS, Relaxation
+
+
+def _option(default, help: str, **more) -> field:
+    """A search option; its metadata (help, allowed values, a flag other than --search-<name>) is
+    what a program's command line and config validation read."""
+    return field(default=default, metadata={"help": help, **more})
+
+
+@dataclass
+class SearchConfig:
+    """The search's options (docs/method.md, "Head-cell search")."""
+
+    method: str = _option(
+        "darts2",
+        "hypergradient: darts1 (first order), darts2 (second order) or idarts (implicit)",
+        choices=ESTIMATORS,
+        flag="--nas-method",
+    )
+    relaxation: str = _option("softmax", "relaxation of the mixing weights", choices=RELAXATIONS, flag="--relaxation")
+    task: int = _option(0, "which task of order 0 the search uses", low=0)
+    nodes: int = _option(4, "intermediate nodes of the cell", low=1)
+    width: int = _option(128, "width of every node", low=1)
+    steps: int = _option(300, "architecture steps", low=1)
+    batch_size: int = _option(64, "batch size of the search", low=1)
+    w_lr: float = _option(0.05, "SGD (momentum 0.9) on the supernet weights; also the virtual step xi")
+    alpha_lr: float = _option(3e-3, "Adam on the architecture parameters")
+    neumann_terms: int = _option(5, "K of the implicit estimator", low=1)
+    neumann_gamma: float = _option(0.01, "Neumann step, below 1 / the largest Hessian eigenvalue")
+    tau0: float = _option(1.0, "start temperature of gumbel and sparse")
+    tau_min: float = _option(0.05, "end temperature of gumbel and sparse")
+    skip_limit: int | None = _option(
+        None, "stop the search once the discretised cell keeps this many skip edges", flag="--skip-limit", low=0
+    )
+    eval_every: int = _option(20, "steps between validation checks", low=1)
+    head_epochs: int = _option(30, "epochs of the from-scratch training that compares the heads", low=1)
 
 
 @dataclass
@@ -177,44 +210,3 @@ def train_head(head: nn.Module, data: dict[str, Features], epochs: int, seed: in
         "test_accuracy": round(accuracy(model, data["test"]), 5),
         "parameters": sum(p.numel() for p in head.parameters()),
     }
-
-
-def task_features(config: RunConfig, relations: list[str], dataset, device: torch.device) -> dict[str, Features]:
-    """Entity states of the task's train / val / test examples under the whole encoder, frozen;
-    computed once and cached on disk (keyed by encoder, length limit, seed and examples)."""
-    from cml.encoder import RelationEncoder, fingerprint, load_backbone, load_tokenizer, memo, tokenize
-    from cml.experiment import cache_dir
-
-    label_of = {r: i for i, r in enumerate(relations)}
-    tokenizer = load_tokenizer(config.encoder.name)
-    encoder: list[RelationEncoder] = []  # loaded on the first cache miss only
-
-    def encode(examples: list) -> dict[str, torch.Tensor]:
-        if not encoder:
-            backbone = load_backbone(config.encoder.name, tokenizer, config.seed, config.encoder.marker_init)
-            encoder.append(RelationEncoder(backbone).to(device).eval())
-        split = tokenize(tokenizer, examples, label_of, config.encoder.max_length)
-        with torch.no_grad():
-            x = split.map(
-                torch.arange(len(split)),
-                lambda b: encoder[0](**{k: v.to(device) for k, v in b.items()}).float().cpu(),
-                128,
-                tokenizer.pad_token_id or 0,
-            )
-        return {"x": x, "y": split.labels}
-
-    out = {}
-    for name in ("train", "val", "test"):
-        examples = [ex for ex in getattr(dataset, name) if ex.relation in label_of]
-        if not examples:
-            raise CMLInputError(f"the search task has no {name} examples (relations {', '.join(relations)})")
-        key = fingerprint(
-            config.encoder.name,
-            config.encoder.marker_init,
-            config.encoder.max_length,
-            config.seed,
-            examples,
-            sorted(label_of.items()),
-        )
-        out[name] = Features(**memo(cache_dir() / f"features-{key}.pt", lambda ex=examples: encode(ex)))
-    return out

@@ -1,5 +1,6 @@
-"""`run_cml.py --search-head`: features of one task -> DARTS search -> genotype.json -> the searched
-cell against the linear and MLP heads on that task -> search report (JSON, Markdown, plots)."""
+"""`run_cml.py --search-head`, the program around the head-search library (cml/nas/): features of
+one task under the frozen encoder -> DARTS search -> genotype.json -> the searched cell against
+the linear and MLP heads on that task -> search report (JSON, Markdown, plots)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from pathlib import Path
 
 import torch
 
+from cml.cache import cache_dir, fingerprint, memo
 from cml.config import RunConfig
+from cml.encoder import RelationEncoder, load_backbone, load_tokenizer
 from cml.errors import CMLInputError
 from cml.experiment import Experiment
 from cml.model import make_head
-from cml.nas.cell import DiscreteCell
-from cml.nas.search import SearchResult, search, task_features, train_head
+from cml.nas.search import Features, SearchResult, search, train_head
+from cml.report import table
 from cml.runner import check_writable
+from cml.tokens import tokenize
 
 GENOTYPE_FILE, REPORT_FILE = "genotype.json", "search.json"
 
@@ -42,7 +46,7 @@ def run_search(config: RunConfig, experiment: Experiment, device: torch.device, 
     heads = {
         "linear": make_head("linear", in_dim, width),
         "mlp": make_head("mlp", in_dim, width),
-        "searched cell": DiscreteCell(result.genotype, in_dim),
+        "searched cell": make_head(str(run_dir / GENOTYPE_FILE), in_dim, width),
     }
     comparison = {name: train_head(head, data, config.search.head_epochs, config.seed) for name, head in heads.items()}
     report = {
@@ -63,6 +67,44 @@ def run_search(config: RunConfig, experiment: Experiment, device: torch.device, 
     (run_dir / "search.md").write_text(markdown(report))
     plot(report, run_dir)
     return report
+
+
+def task_features(config: RunConfig, relations: list[str], dataset, device: torch.device) -> dict[str, Features]:
+    """Entity states of the task's train / val / test examples under the whole encoder, frozen;
+    computed once and cached on disk (keyed by encoder, length limit, seed and examples)."""
+    label_of = {r: i for i, r in enumerate(relations)}
+    tokenizer = load_tokenizer(config.encoder.name)
+    encoder: list[RelationEncoder] = []  # loaded on the first cache miss only
+
+    def encode(examples: list) -> dict[str, torch.Tensor]:
+        if not encoder:
+            backbone = load_backbone(config.encoder.name, tokenizer, config.seed, config.encoder.marker_init)
+            encoder.append(RelationEncoder(backbone).to(device).eval())
+        split = tokenize(tokenizer, examples, label_of, config.encoder.max_length)
+        with torch.no_grad():
+            x = split.map(
+                torch.arange(len(split)),
+                lambda b: encoder[0](**{k: v.to(device) for k, v in b.items()}).float().cpu(),
+                128,
+                tokenizer.pad_token_id or 0,
+            )
+        return {"x": x, "y": split.labels}
+
+    out = {}
+    for name in ("train", "val", "test"):
+        examples = [ex for ex in getattr(dataset, name) if ex.relation in label_of]
+        if not examples:
+            raise CMLInputError(f"the search task has no {name} examples (relations {', '.join(relations)})")
+        key = fingerprint(
+            config.encoder.name,
+            config.encoder.marker_init,
+            config.encoder.max_length,
+            config.seed,
+            examples,
+            sorted(label_of.items()),
+        )
+        out[name] = Features(**memo(cache_dir() / f"features-{key}.pt", lambda ex=examples: encode(ex)))
+    return out
 
 
 def _alpha_table(result: SearchResult) -> dict:
@@ -92,16 +134,15 @@ def markdown(report: dict) -> str:
     for node in report["genotype"]["nodes"]:
         lines.append(f"- node {node['node']}: " + ", ".join(f"{e['op']}(node {e['from']})" for e in node["edges"]))
     lines += ["", "Op histogram: " + ", ".join(f"{op} {n}" for op, n in sorted(report["op_histogram"].items())), ""]
+    rows = [
+        [name, f"{h['parameters']:,}", f"{100 * h['val_accuracy']:.1f}", f"{100 * h['test_accuracy']:.1f}"]
+        for name, h in report["heads"].items()
+    ]
     lines += [
         "## Heads trained from scratch on the task",
         "",
-        "| head | parameters | val acc | test acc |",
-        "|---|---|---|---|",
+        *table(["head", "parameters", "val acc", "test acc"], rows),
     ]
-    for name, h in report["heads"].items():
-        lines.append(
-            f"| {name} | {h['parameters']:,} | {100 * h['val_accuracy']:.1f} | {100 * h['test_accuracy']:.1f} |"
-        )
     lines += ["", "![alpha](alpha_heatmap.png)", "", "![search](search_accuracy.png)", ""]
     return "\n".join(lines)
 
