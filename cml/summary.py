@@ -115,9 +115,15 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
     forgettable = ~torch.isnan(relation_forgetting)
     sp = lambda values: dataclasses.asdict(metrics.spread(values))
 
-    def over_runs(pick) -> dict | None:
-        """Spread over runs of one number per run (None where a run has none)."""
-        values = [[pick(cell) for cell in per_seed] for per_seed in grid]
+    def over_runs(task: int, *path: str) -> dict | None:
+        """Spread over runs of the number at `path` in each run's row of `task` (None where a run has none)."""
+
+        def pick(row: dict):
+            for key in path:
+                row = row.get(key) if row is not None else None
+            return row
+
+        values = [[pick(cell[task]) for cell in per_seed] for per_seed in grid]
         return None if any(v is None for row in values for v in row) else sp(torch.tensor(values, dtype=torch.float64))
 
     seconds = sum(row["seconds"] for cell in runs_of(grid) for row in cell)
@@ -133,12 +139,10 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
         "whole_accuracy_per_stage": [sp(whole[:, :, k]) for k in range(K)],
         "average_accuracy_per_stage": [sp(average[:, :, k]) for k in range(K)],
         "final_whole_accuracy": sp(whole[:, :, -1]),
-        "old_accuracy_per_stage": [over_runs(lambda cell: cell[k].get("old_accuracy")) for k in range(K)],
-        "new_accuracy_per_stage": [over_runs(lambda cell: cell[k].get("new_accuracy")) for k in range(K)],
+        "old_accuracy_per_stage": [over_runs(k, "old_accuracy") for k in range(K)],
+        "new_accuracy_per_stage": [over_runs(k, "new_accuracy") for k in range(K)],
         "final_by_classifier": {
-            kind: {
-                part: over_runs(lambda cell: cell[-1]["classifiers"][kind][part]) for part in ("whole", "old", "new")
-            }
+            kind: {part: over_runs(-1, "classifiers", kind, part) for part in ("whole", "old", "new")}
             for kind in classifiers
         },
         "final_average_accuracy": sp(average[:, :, -1]),

@@ -39,4 +39,3 @@ OPS: dict[str, Callable[[int], nn.Module]] = {
     "layernorm_linear": lambda w: nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w)),
 }
 OP_NAMES: tuple[str, ...] = tuple(OPS)
-PARAMETER_FREE = ("none", "skip")
