@@ -73,8 +73,10 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Continual relation extraction report: {d['name']}",
         "",
-        f"{d['relations']} relations in {d['tasks']} tasks, {d['orders']} orders x {len(seeds)} seed(s) "
-        f"({', '.join(map(str, seeds))}); accuracy in %, {bounds}; std and range over all runs.",
+        (
+            f"{d['relations']} relations in {d['tasks']} tasks, {d['orders']} orders x {len(seeds)} seed(s) "
+            f"({', '.join(map(str, seeds))}); accuracy in %, {bounds}; std and range over all runs."
+        ),
         "",
         "## Comparison",
         "",
@@ -102,8 +104,10 @@ def markdown(report: dict) -> str:
         "",
         "## Classifiers",
         "",
-        "Final accuracy of each test-time classifier on the same features: whole, old relations (earlier tasks), "
-        "new relations (the last task). The method's own classifier gives the numbers above.",
+        (
+            "Final accuracy of each test-time classifier on the same features: whole, old relations (earlier tasks), "
+            "new relations (the last task). The method's own classifier gives the numbers above."
+        ),
         "",
         *table(
             ["method", "classifier", "final W", "old", "new"],
@@ -128,9 +132,11 @@ def markdown(report: dict) -> str:
             "",
             *table(["stage", "W_k", "A_k", "old", "new"], [[k + 1, *map(pm, stage)] for k, stage in enumerate(stages)]),
             "",
-            f"Final: A {pm(m['final_average_accuracy'])}, F {pm(m['forgetting'])}, "
-            f"AFR {pm(m['average_forgetting_rate'])}, BWT {pm(m['backward_transfer'])}, "
-            f"OS {pct(o['mean'])}, AOPD {pct(o['aopd'])}, MOPD {pct(o['mopd'])} (over each {o['unit']}'s final accuracy).",
+            (
+                f"Final: A {pm(m['final_average_accuracy'])}, F {pm(m['forgetting'])}, "
+                f"AFR {pm(m['average_forgetting_rate'])}, BWT {pm(m['backward_transfer'])}, "
+                f"OS {pct(o['mean'])}, AOPD {pct(o['aopd'])}, MOPD {pct(o['mopd'])} (over each {o['unit']}'s final accuracy)."
+            ),
         ]
     lines += order_sensitivity(methods)
     lines += ["", "## Where the time went", "", "In this invocation (a resumed run counts only what it ran).", ""]
@@ -150,8 +156,10 @@ def orders_and_seeds(methods: dict, n_seeds: int) -> list[str]:
     lines = ["", "## Orders and seeds", ""]
     if n_seeds < 2:
         return lines + [
-            "One seed per order: the spread over orders mixes the order's effect with seed noise. "
-            "`--seeds 2` or more separates them."
+            (
+                "One seed per order: the spread over orders mixes the order's effect with seed noise. "
+                "`--seeds 2` or more separates them."
+            )
         ]
 
     def variance_cells(v: dict) -> list[str]:
@@ -161,8 +169,10 @@ def orders_and_seeds(methods: dict, n_seeds: int) -> list[str]:
         return [*(num(x, 100) for x in stds), num(v["f_statistic"]), p_value(p), effect]
 
     return lines + [
-        "Final W split into the part of the order and the part of the seed (one-way ANOVA, orders as groups). "
-        "The F test asks whether orders differ more than their seeds alone would make them.",
+        (
+            "Final W split into the part of the order and the part of the seed (one-way ANOVA, orders as groups). "
+            "The F test asks whether orders differ more than their seeds alone would make them."
+        ),
         "",
         *table(
             [
@@ -190,8 +200,10 @@ def paired_comparisons(comparisons: list[dict]) -> list[str]:
         "",
         "## Paired comparisons",
         "",
-        "Final W of two methods on the same runs (order, seed): mean difference a − b with its 95% t interval, "
-        "the paired t test and the Wilcoxon signed-rank test.",
+        (
+            "Final W of two methods on the same runs (order, seed): mean difference a − b with its 95% t interval, "
+            "the paired t test and the Wilcoxon signed-rank test."
+        ),
         "",
         *table(
             ["a − b", "runs", "difference", "95% CI", "t test p", "Wilcoxon p"],

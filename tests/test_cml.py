@@ -1,3 +1,4 @@
+import itertools
 import types
 
 import numpy as np
@@ -178,7 +179,7 @@ def test_cml_2021_mixes_memory_into_the_task_batches_from_easy_to_hard(tmp_path)
 
 
 def test_cml_consolidates_on_the_memory_from_easy_to_hard(tmp_path):
-    engine, experiment, tasks = at_the_fourth_task(tmp_path, "cml")
+    engine, *_ = at_the_fourth_task(tmp_path, "cml")
     engine.method.stages[1].run(engine)  # memory of the new relations
     consolidate = engine.method.stages[2]
     assert consolidate.name == "consolidate" and consolidate.order == "curriculum"
@@ -188,4 +189,4 @@ def test_cml_consolidates_on_the_memory_from_easy_to_hard(tmp_path):
     assert sorted(torch.cat(batches).tolist()) == sorted(data.items.tolist())
     scores = engine.difficulty_of_items(torch.cat([engine.data.train.labels[b] for b in batches]))
     sizes = np.cumsum([0] + [len(b) for b in batches])
-    assert first_half_easier([scores[a:b] for a, b in zip(sizes[:-1], sizes[1:])])
+    assert first_half_easier([scores[a:b] for a, b in itertools.pairwise(sizes)])

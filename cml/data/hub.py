@@ -40,7 +40,7 @@ def _load(name: str, splits: str | None):
         return datasets.concatenate_datasets([loaded[s] for s in splits.split("+")])
     try:
         return datasets.load_dataset(name, split=splits)
-    except Exception as e:  # datasets raises many kinds for "not reachable" and "not found"
+    except Exception as e:  # noqa: BLE001 (datasets raises many kinds for "not reachable" and "not found")
         raise CMLInputError(
             f"could not load {PREFIX}{name} from the Hugging Face hub ({e.__class__.__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}). Without network (or with HF_HUB_OFFLINE=1), "
