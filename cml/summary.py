@@ -76,6 +76,11 @@ def relation_difficulties(space, relations: list[str]) -> list[float]:
     return [space.relation_difficulty(r, [b for b in relations if b != r]) for r in relations]
 
 
+def nan_to_none(matrix: list[list[float]]) -> list[list[float | None]]:
+    """A matrix for JSON: NaN (no value, e.g. a task not yet seen) as null."""
+    return [[None if math.isnan(x) else x for x in row] for row in matrix]
+
+
 def as_dict(value) -> dict | None:
     return None if value is None else dataclasses.asdict(value)
 
@@ -107,7 +112,8 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
     average = metrics.average_accuracy(acc).view(O, S, K)
     unit, units, unit_difficulty, final = final_by_unit(grid, experiment)
     difficulty = torch.tensor([experiment.difficulties(o) for o in experiment.orders], dtype=torch.float64)
-    forgetting = metrics.forgetting(acc).view(O, S, K - 1) if K > 1 else None
+    per_order = whole.mean(1)  # [O, K], seeds averaged
+    task_forgetting = metrics.forgetting(acc).view(O, S, K - 1).mean(1) if K > 1 else None  # [O, K - 1]
     tau = metrics.curriculumness(difficulty) if K > 1 else torch.zeros(O, dtype=torch.float64)
     relations = experiment.dataset.relations
     relation_forgetting = torch.nanmean(metrics.unit_forgetting(relation_accuracy_tensor(grid, relations)), dim=0)
@@ -130,11 +136,11 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
     examples = sum(row.get("train_examples", 0) for cell in runs_of(grid) for row in cell)
     classifiers = [c for c in CLASSIFIERS if all(c in cell[-1].get("classifiers", {}) for cell in runs_of(grid))]
     return {
-        "accuracy_matrices": [[[None if math.isnan(x) else x for x in r] for r in m] for m in acc.tolist()],
+        "accuracy_matrices": [nan_to_none(m) for m in acc.tolist()],
         "task_sizes": n.tolist(),
         "task_difficulty": difficulty.tolist(),
         "final_whole_accuracy_per_run": whole[:, :, -1].tolist(),
-        "whole_accuracy_per_order": whole.mean(1).tolist(),
+        "whole_accuracy_per_order": per_order.tolist(),
         "average_accuracy_per_order": average.mean(1).tolist(),
         "whole_accuracy_per_stage": [sp(whole[:, :, k]) for k in range(K)],
         "average_accuracy_per_stage": [sp(average[:, :, k]) for k in range(K)],
@@ -147,12 +153,12 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
         },
         "final_average_accuracy": sp(average[:, :, -1]),
         "forgetting": sp(metrics.average_forgetting(acc).view(O, S)) if K > 1 else None,
-        "forgetting_per_task": forgetting.mean(1).tolist() if K > 1 else [],
+        "forgetting_per_task": task_forgetting.tolist() if K > 1 else [],
         "average_forgetting_rate": sp(metrics.average_forgetting_rate(acc).view(O, S)) if K > 1 else None,
         "backward_transfer": sp(metrics.backward_transfer(acc).view(O, S)) if K > 1 else None,
         "variance_parts": dataclasses.asdict(metrics.variance_parts(whole[:, :, -1])),
         "order_sensitivity": order_measures(unit, units, unit_difficulty, final),
-        "rho_f": as_dict(metrics.correlation(difficulty[:, :-1], forgetting.mean(1))) if K > 2 else None,
+        "rho_f": as_dict(metrics.correlation(difficulty[:, :-1], task_forgetting)) if K > 2 else None,
         "relation_difficulty_forgetting": {
             "relations": [r for r, keep in zip(relations, forgettable.tolist()) if keep],
             "difficulty": relation_difficulty[forgettable].tolist(),
@@ -165,17 +171,17 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
         "train_examples": examples,
         "train_examples_per_second": examples / max(seconds, 1e-9),
         # what the plots draw
-        "mean_accuracy_matrix": [[None if math.isnan(x) else x for x in r] for r in torch.nanmean(acc, 0).tolist()],
+        "mean_accuracy_matrix": nan_to_none(torch.nanmean(acc, 0).tolist()),
         "whole_accuracy_by_stage_over_orders": {
-            "mean": whole.mean(1).mean(0).tolist(),
-            "min": whole.mean(1).min(0).values.tolist(),
-            "max": whole.mean(1).max(0).values.tolist(),
+            "mean": per_order.mean(0).tolist(),
+            "min": per_order.min(0).values.tolist(),
+            "max": per_order.max(0).values.tolist(),
         },
         "task_difficulty_forgetting": {
             "difficulty": difficulty[:, :-1].flatten().tolist(),
-            "forgetting": forgetting.mean(1).flatten().tolist() if K > 1 else [],
+            "forgetting": task_forgetting.flatten().tolist() if K > 1 else [],
         },
-        "final_whole_accuracy_per_order": whole.mean(1)[:, -1].tolist(),
+        "final_whole_accuracy_per_order": per_order[:, -1].tolist(),
     }
 
 
