@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from cml.errors import CMLInputError
+from cml.nas.genotype import Genotype
 from cml.nas.search import SearchConfig
 
 HEADS = ("projection", "linear", "mlp")
@@ -51,9 +52,16 @@ def _types_source(value: str) -> str | None:
 
 
 def _head(value: str) -> str | None:
-    if value in HEADS or value.endswith(".json"):
+    """A built-in head, or a genotype file of the head search that loads (else the file's problem)."""
+    if value in HEADS:
         return None
-    return f"use one of {', '.join(HEADS)} or a genotype .json file"
+    if not value.endswith(".json"):
+        return f"use one of {', '.join(HEADS)} or a genotype .json file"
+    try:
+        Genotype.load(value)
+    except CMLInputError as e:
+        return str(e)
+    return None
 
 
 @dataclass

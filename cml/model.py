@@ -43,14 +43,6 @@ def make_head(kind: str, in_dim: int, width: int) -> nn.Module:
     return head
 
 
-def check_head(kind: str) -> None:
-    """Fail on a bad genotype file before any data is loaded."""
-    if kind.endswith(".json"):
-        from cml.nas.genotype import Genotype
-
-        Genotype.load(kind)
-
-
 class Output(NamedTuple):
     h: torch.Tensor  # [B, H] relation representation
     z: torch.Tensor  # [B, Z_DIM] contrastive projection, unit length

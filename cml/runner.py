@@ -31,7 +31,7 @@ from cml.executors import EXECUTORS
 from cml.experiment import Experiment
 from cml.frozen import frozen_states_cached
 from cml.methods import check_classifier, check_difficulty, check_losses, check_methods
-from cml.model import RelationModel, check_head
+from cml.model import RelationModel
 from cml.report import write_report
 from cml.timing import PhaseTimer
 from cml.tokens import tokenize_cached
@@ -69,12 +69,13 @@ def check_writable(run_dir: Path) -> Path:
 
 
 def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
-    """Check everything about the run directory before anything is written to it."""
+    """Check the config (every option, also where it was built in Python rather than loaded) and
+    the run directory before anything is written to it."""
+    config.check()
     check_methods(config.train.methods)
     check_classifier(config.train.methods, config.train.classifier)
     check_difficulty(config.train.methods, config.cml.difficulty)
     check_losses(config.train.methods, config.loss)
-    check_head(config.train.head)
     if config.executor.name == "ray" and importlib.util.find_spec("ray") is None:
         raise CMLInputError('--executor ray needs Ray: pip install -e ".[ray]"')
     config, _ = resolved(config)
