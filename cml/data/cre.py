@@ -28,7 +28,8 @@ import numpy as np
 from cml.data.fewrel import check_task_orders
 from cml.data.io import read_by_relation, read_json
 from cml.data.records import MARKERS, RelationDataset, RelationExample
-from cml.data.tacred import MAX_TEST, MAX_TRAIN, PTB_BRACKETS
+from cml.data.tacred import PTB_BRACKETS
+from cml.data.tacred import cut as tacred_cut
 from cml.errors import CMLInputError
 
 MARKED_FILES = {"data_with_marker.json": "fewrel", "data_with_marker_tacred.json": "tacred"}
@@ -99,9 +100,9 @@ def load_marked(path: Path) -> RelationDataset:
             val += examples[n_train : n_train + n_val]
             test += examples[n_train + n_val :]
         else:
-            n_test = min(len(examples) // 5, MAX_TEST)
-            test += examples[:n_test]
-            train += examples[n_test : n_test + MAX_TRAIN]
+            kept, tested = tacred_cut(examples)
+            train += kept
+            test += tested
     ds = RelationDataset(kind, train, val, test, id2rel, source=f"{path} (RP-CRE / CRL format)")
     ds.task_orders = seeded_orders(id2rel, RELATIONS_PER_TASK[kind])
     return ds

@@ -21,6 +21,13 @@ PTB_BRACKETS = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-":
 KEYS = ("token", "relation", "subj_start", "subj_end", "obj_start", "obj_end", "subj_type", "obj_type")
 
 
+def cut(examples: list[RelationExample]) -> tuple[list[RelationExample], list[RelationExample]]:
+    """RP-CRE / CRL's (train, test) of one relation's examples: the first min(n // 5, 41) are
+    test, up to 320 of the rest train."""
+    n_test = min(len(examples) // 5, MAX_TEST)
+    return examples[n_test : n_test + MAX_TRAIN], examples[:n_test]
+
+
 def read_tacred_file(path: Path) -> list[RelationExample]:
     data = read_json(path)
     if not isinstance(data, list):
@@ -56,12 +63,12 @@ def load_tacred_dir(directory: str | Path) -> RelationDataset:
                 per_relation.setdefault(ex.relation, []).append(ex)
     train, test = [], []
     for relation, examples in per_relation.items():
-        n_test = min(len(examples) // 5, MAX_TEST)
-        if n_test < 1:
+        kept, tested = cut(examples)
+        if not tested:
             raise CMLInputError(
                 f"relation {relation} has {len(examples)} examples, too few for a test split", directory
             )
-        test += examples[:n_test]
-        train += examples[n_test : n_test + MAX_TRAIN]
+        train += kept
+        test += tested
     relations = sorted(per_relation)
     return RelationDataset("tacred", train, [], test, relations, source=str(directory))
