@@ -138,3 +138,17 @@ def test_seeds_below_one_is_an_input_error(tmp_path, capsys):
     assert main(["--seeds", "0", "--encoder", "tiny", "--output", str(tmp_path / "run")]) == 2
     assert "seeds is 0; it must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_built_in_python_is_validated_before_a_run_writes_anything(tmp_path):
+    from cml.config import RunConfig
+    from cml.runner import prepare_run_dir
+
+    config = RunConfig(output=str(tmp_path / "run"))
+    config.train.epochs = -1
+    with pytest.raises(CMLInputError, match=r"train.epochs is -1; it must be at least 0"):
+        prepare_run_dir(config, resume=False)
+    config.train.epochs, config.train.head = 1, str(tmp_path / "missing.json")
+    with pytest.raises(CMLInputError, match=r"train.head is .*missing.json: genotype file not found"):
+        prepare_run_dir(config, resume=False)
+    assert not (tmp_path / "run").exists()
