@@ -179,6 +179,34 @@ class CMLConfig:
         "what orders the curriculum: types (the relation space) or prototypes (cosine)",
         choices=("types", "prototypes"),
     )
+    # The parts that put the difficulty where forgetting happens (docs/method.md, "Difficulty against
+    # forgetting"). None: each method's own (cml/methods.py); a value sets it for every method.
+    memory_allocation: str | None = option(
+        None,
+        "memory shares: uniform (--memory-size each) or difficulty (the same total, shared in proportion to each "
+        "seen relation's similarity to the others, re-balanced every task); default: the method's own",
+        choices=("uniform", "difficulty"),
+    )
+    replay_weighting: str | None = option(
+        None,
+        "consolidation replay (stages on the memory): uniform, or threat (an old relation's memory drawn in "
+        "proportion to its similarity to the current task, a new one's to its similarity to the old relations); "
+        "default: the method's own",
+        choices=("uniform", "threat"),
+    )
+    prototype_drift: str | None = option(
+        None,
+        "static prototypes: fixed, or compensated (moved by the drift their memory shows, as SDC); default: the "
+        "method's own",
+        choices=("fixed", "compensated"),
+    )
+    meta_batches: int | None = option(
+        None,
+        "consolidation steps (stages on the memory) as first-order MER: sub-batches per step, each an SGD step "
+        "of --meta-lr, the step taking their mean gradient along the path (1: off); default: the method's own",
+        low=1,
+    )
+    meta_lr: float = option(0.1, "inner SGD learning rate of --meta-batches", low=0)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from cml.curriculum import CurriculumScheduler
 from cml.device import autocast, eval_batch_size, to_device
 from cml.frozen import frozen_states
 from cml.memory import EpisodicMemory
+from cml.meta import path_gradient
 from cml.model import Z_DIM, Output, RelationModel
 from cml.plugins import Plugin
 from cml.prototypes import Prototypes, predictions
@@ -72,11 +73,13 @@ class TaskResult:
     old_accuracy: float | None = None  # over the relations of earlier tasks (None on the first task)
     new_accuracy: float = 0.0  # over the relations of this task
     classifiers: dict[str, dict[str, float | None]] = field(default_factory=dict)  # every classifier: whole/old/new
+    # the method's errors on old relations: true relation -> {predicted relation: test examples}
+    confusions: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: dict) -> TaskResult:
-        """The result a row of results.jsonl records."""
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        """The result a row of results.jsonl records (rows written before a field existed lack it)."""
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
 
     @property
     def whole_accuracy(self) -> float:
@@ -221,17 +224,18 @@ class Engine:
             )
         return split.to(self.device)
 
-    def difficulty_of_items(self, labels: torch.Tensor) -> list[float]:
-        """Each item's relation's difficulty with respect to the current task (the other relations
-        of the task, for an item of the task itself), from the relation space or the prototypes."""
-        current = self.current
+    def difficulty_of_items(self, labels: torch.Tensor, against: list[str] | None = None) -> list[float]:
+        """Each item's relation's difficulty with respect to `against` (default: the current task;
+        for an item of that set itself, its other relations), from the relation space or the
+        prototypes."""
+        against = self.current if against is None else against
         by_prototypes = self.context.options.difficulty == "prototypes"
         if by_prototypes:
             p = nn.functional.normalize(self.prototypes.mixed("h", self.beta), dim=-1)
         scores: dict[int, float] = {}
         for rid in labels.unique().tolist():
             r = self.data.relations[rid]
-            others = [c for c in current if c != r] or current
+            others = [c for c in against if c != r] or against
             if by_prototypes:
                 scores[rid] = float((p[self.data.ids(others)] @ p[rid]).max())
             else:
@@ -252,23 +256,43 @@ class Engine:
         indices: torch.Tensor,
         optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[Output, torch.Tensor, Output | None], torch.Tensor],
+        meta_batches: int = 1,
     ) -> float:
+        """One optimiser step on the items `indices`: their loss's gradient, or with `meta_batches`
+        > 1 the first-order MER gradient over that many random sub-batches (`meta.path_gradient`,
+        inner rate `cml.meta_lr`); the loss is the mean over the sub-batches."""
         with self.timer("batch assembly"):
-            batch = self.to_device(data.split.batch(indices, self.data.pad_id))
-            positions = data.position[indices].to(self.device)
-            teacher = Output(*(t[positions] for t in data.teacher)) if data.teacher is not None else None
-        with self.timer(TRAIN_PHASE, len(indices)):
+            parts = [indices] if meta_batches == 1 else indices[torch.randperm(len(indices))].chunk(meta_batches)
+            pieces = []
+            for part in parts:
+                positions = data.position[part].to(self.device)
+                teacher = Output(*(t[positions] for t in data.teacher)) if data.teacher is not None else None
+                pieces.append((self.to_device(data.split.batch(part, self.data.pad_id)), positions, teacher))
+
+        def piece_loss(weights: dict[str, torch.Tensor] | None, piece) -> tuple[torch.Tensor, torch.Tensor]:
+            batch, _, teacher = piece
             with self.autocast():
-                out = self.model(batch, self.seen)
-            loss = loss_fn(out, batch["labels"], teacher)
+                out = functional_call(self.model, weights, (batch, self.seen)) if weights else self.model(batch, self.seen)
+            return loss_fn(out, batch["labels"], teacher), out.z.detach()
+
+        with self.timer(TRAIN_PHASE, len(indices)):
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(pieces) == 1:
+                loss, z = piece_loss(None, pieces[0])
+                loss.backward()
+                values, zs = [float(loss.detach())], [z]
+            else:
+                params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+                grads, values, zs = path_gradient(piece_loss, params, pieces, self.context.options.meta_lr)
+                for name, grad in grads.items():
+                    params[name].grad = grad
         with self.timer("optimizer step"):
             nn.utils.clip_grad_norm_(self.trainable, 1.0)
             optimizer.step()
         if data.bank is not None:
-            data.bank.update(positions, out.z)
-        return float(loss.detach())
+            for (_, positions, _), z in zip(pieces, zs):
+                data.bank.update(positions, z)
+        return sum(values) / len(values)
 
     def run_task(self, relations: list[str]) -> TaskResult:
         self.tasks.append(list(relations))
@@ -318,14 +342,22 @@ class Engine:
             }
             for kind, p in preds.items()
         }
-        correct = preds[self.classifier] == labels
+        predicted = preds[self.classifier]
+        correct = predicted == labels
         per_relation = {r: rate(correct, labels == self.data.label_of[r]) for r in relations}
         task_acc, task_size = [], []
         for task in self.tasks:
             mask = torch.isin(labels, self.data.ids(task))
             task_acc.append(rate(correct, mask))
             task_size.append(int(mask.sum()))
-        return TaskResult(task_acc, task_size, per_relation, rate(correct, ~is_new), rate(correct, is_new), classifiers)
+        confusions: dict[str, dict[str, int]] = {}
+        wrong = ~correct & ~is_new
+        pairs, counts = torch.stack([labels[wrong], predicted[wrong]]).unique(dim=1, return_counts=True)
+        for (true, pred), count in zip(pairs.T.tolist(), counts.tolist()):
+            confusions.setdefault(self.data.relations[true], {})[self.data.relations[pred]] = count
+        return TaskResult(
+            task_acc, task_size, per_relation, rate(correct, ~is_new), rate(correct, is_new), classifiers, confusions
+        )
 
     # --- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -43,3 +43,35 @@ class EpisodicMemory:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.slots = dict(state)
+
+
+def allocate(weights: np.ndarray, budget: int, caps: np.ndarray, low: int = 1) -> np.ndarray:
+    """Integer memory shares, one per relation, in proportion to `weights`, each between `low` and
+    its cap, summing to `budget` (or to the caps' sum where they cannot hold it).
+
+    Capped proportional allocation: every relation first gets `low`; the rest is shared out in
+    proportion to the weights, a relation whose share would pass its cap is held at the cap and its
+    surplus goes to the others (repeated until no share passes its cap), and the fractional parts
+    are rounded by largest remainder (ties to the lower index). A relation that can hold no more
+    than it has (an old one whose data is gone) has its current size as cap.
+    """
+    weights, caps = np.asarray(weights, dtype=np.float64), np.asarray(caps, dtype=np.int64)
+    floor = np.minimum(caps, low)
+    rest, room = budget - int(floor.sum()), caps - floor
+    if rest <= 0 or room.sum() <= rest:
+        return floor + (room if rest > 0 else 0)
+    share = np.zeros(len(weights))
+    free = room > 0
+    while True:
+        left = rest - share[~free].sum()
+        w = np.where(free, weights, 0.0)
+        share = np.where(free, left * w / w.sum() if w.sum() > 0 else left / free.sum(), share)
+        over = free & (share > room)
+        if not over.any():
+            break
+        share[over], free = room[over], free & ~over
+    whole = np.floor(share + 1e-9).astype(np.int64)
+    remainder = share - whole
+    for i in np.argsort(-remainder, kind="stable")[: rest - int(whole.sum())]:
+        whole[i] += 1
+    return floor + whole

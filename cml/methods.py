@@ -53,23 +53,40 @@ def consolidate(losses: tuple[str, ...], **options) -> Train:
 # validation split (order 0) 0.5 cost 1.7 points of final accuracy and 0.8 or 0.9 cost 0.7, so cml
 # takes the mildest (README, "The learner").
 CML_2021_EPS, CML_EPS = 0.5, 0.9
+MER_BATCHES = 2  # sub-batches of cml's interference meta step
 
 
-def cml(curriculum: bool = True, meta: bool = True, summary: str = "") -> Method:
-    """CML on the strong core: CEAR's two stages, the consolidation batches released by CML's
-    curriculum (each old relation's difficulty with respect to the current task), and the Reptile
-    step right after the learn stage, before memory selection (docs/method.md)."""
+def cml(
+    summary: str,
+    curriculum: bool = True,
+    reptile: bool = True,
+    allocation: bool = True,
+    threat: bool = True,
+    drift: bool = True,
+    interference: bool = True,
+) -> Method:
+    """CML on the strong core: CEAR's two stages with CML's type-distribution difficulty put where
+    forgetting happens (docs/method.md, "Difficulty against forgetting"): memory shared out by
+    difficulty, the consolidation replaying the old relations the task threatens more and releasing
+    them by the curriculum, static prototypes moved by their memory's drift, and meta steps; each
+    part can be left out (the ablations)."""
     return Method(
         summary,
         (
             LEARN,
-            SELECT,
-            consolidate(CEAR_LOSSES, augment=True, order="curriculum" if curriculum else "shuffle"),
-            REFRESH,
+            SelectMemory(allocation="difficulty" if allocation else "uniform"),
+            consolidate(
+                CEAR_LOSSES,
+                augment=True,
+                order="curriculum" if curriculum else "shuffle",
+                replay="threat" if threat else "uniform",
+                meta_batches=MER_BATCHES if interference else 1,
+            ),
+            RefreshPrototypes(drift="compensated" if drift else "fixed"),
         ),
         classifier="ensemble",
         ncm=NearestPrototype("z", "cosine"),
-        plugins=(MetaStep(CML_EPS),) if meta else (),
+        plugins=(MetaStep(CML_EPS),) if reptile else (),
     )
 
 
@@ -102,11 +119,14 @@ METHODS: dict[str, Method] = {
         ncm=NearestPrototype("z", "cosine"),
         plugins=(ResetClassifier(),),
     ),
-    "cml": cml(
-        summary="CML on the strong core: CEAR's stages, curriculum-ordered consolidation, Reptile after learning"
-    ),
-    "cml-no-curriculum": cml(curriculum=False, summary="cml without the curriculum (consolidation batches shuffled)"),
-    "cml-no-meta": cml(meta=False, summary="cml without the Reptile step"),
+    "cml": cml("CML on the strong core: difficulty-shared memory, threat-weighted curriculum replay, drift-compensated "
+               "prototypes, Reptile and MER meta steps"),
+    "cml-no-curriculum": cml("cml without the curriculum (consolidation batches shuffled)", curriculum=False),
+    "cml-no-meta": cml("cml without the Reptile step", reptile=False),
+    "cml-no-allocation": cml("cml with --memory-size for every relation", allocation=False),
+    "cml-no-threat": cml("cml with every memory item replayed once per epoch", threat=False),
+    "cml-no-drift": cml("cml with fixed static prototypes", drift=False),
+    "cml-no-interference": cml("cml with plain consolidation steps (no MER)", interference=False),
     "cml-2021": Method(
         "CML as published (Wu et al. 2021): curriculum-ordered memory inside the task's batches, Reptile after",
         (Train("learn", "task+memory", order="curriculum-mix"), SELECT, REFRESH),

@@ -8,6 +8,11 @@ Per relation two means are kept, in both spaces (h and z):
 A prototype mixes them, (1 - beta) static + beta dynamic (CEAR); beta = 1 is the memory-only mean
 of CRL. z prototypes are renormalised to unit length.
 
+The static mean goes stale as the encoder drifts. With drift compensation (semantic drift
+compensation, Yu et al. 2020, with the relation's own memory as the direct estimate) the features
+of every memory item are kept from when they were last measured (`anchors`), and each refresh
+moves a relation's static mean by the mean drift of its memory items since then.
+
 Classifiers (`CLASSIFIERS`): `linear` (argmax of the linear head), `ncm` (nearest prototype, by
 cosine or squared Euclidean distance, in h or z), and `ensemble`,
 alpha softmax(linear) + (1 - alpha) softmax(ncm scores) (CEAR).
@@ -15,7 +20,7 @@ alpha softmax(linear) + (1 - alpha) softmax(ncm scores) (CEAR).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
@@ -34,6 +39,8 @@ class Prototypes:
     dynamic: dict[str, torch.Tensor]
     has_static: torch.Tensor  # bool [R]
     has_dynamic: torch.Tensor
+    # drift compensation: the features of memory items when last measured; "items" sorted training indices
+    anchors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, n_relations: int, dims: dict[str, int]) -> Prototypes:
@@ -59,17 +66,45 @@ class Prototypes:
     def covers(self, relations: torch.Tensor) -> bool:
         return bool((self.has_static | self.has_dynamic)[relations].all())
 
+    def anchor(self, items: torch.Tensor, features: dict[str, torch.Tensor]) -> None:
+        """Remember `features` (space -> [len(items), D]) as the anchors of these memory items,
+        replacing what was kept for them."""
+        if self.anchors:
+            keep = ~torch.isin(self.anchors["items"], items)
+            items = torch.cat([self.anchors["items"][keep], items])
+            features = {s: torch.cat([self.anchors[s][keep], v.float().cpu()]) for s, v in features.items()}
+        order = items.argsort()
+        self.anchors = {"items": items[order], **{s: v.float().cpu()[order] for s, v in features.items()}}
+
+    def compensate(
+        self, items: torch.Tensor, labels: torch.Tensor, relations: torch.Tensor, now: dict[str, torch.Tensor]
+    ) -> None:
+        """Move the static means of `relations` by the mean drift of their memory items (`items`,
+        with `labels`) from their anchors to `now` (space -> [len(items), D]); `now` becomes the
+        anchors of exactly these items."""
+        stored = self.anchors.get("items", torch.zeros(0, dtype=torch.long))
+        rows = torch.searchsorted(stored, items).clamp(max=max(len(stored) - 1, 0))
+        if len(stored) == 0 or not bool((stored[rows] == items).all()):
+            raise RuntimeError("drift compensation: a memory item has no anchor (it was never measured)")
+        for space, value in now.items():
+            drift = class_means(value.float().cpu() - self.anchors[space][rows], labels, relations)
+            self.static[space][relations] += torch.where(self.has_static[relations, None], drift, 0.0)
+        self.anchors = {}
+        self.anchor(items, now)
+
     def state_dict(self) -> dict:
         return {
             "static": self.static,
             "dynamic": self.dynamic,
             "has_static": self.has_static,
             "has_dynamic": self.has_dynamic,
+            "anchors": self.anchors,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.static, self.dynamic = dict(state["static"]), dict(state["dynamic"])
         self.has_static, self.has_dynamic = state["has_static"], state["has_dynamic"]
+        self.anchors = dict(state.get("anchors", {}))
 
 
 def class_means(values: torch.Tensor, labels: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:

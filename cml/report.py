@@ -139,6 +139,7 @@ def markdown(report: dict) -> str:
             ),
         ]
     lines += order_sensitivity(methods)
+    lines += forgetting_sources(methods)
     lines += ["", "## Where the time went", "", "In this invocation (a resumed run counts only what it ran).", ""]
     lines += table(
         ["phase", "seconds", "examples", "examples/s"],
@@ -256,6 +257,46 @@ def order_sensitivity(methods: dict) -> list[str]:
         "",
         *verdicts,
     ]
+
+
+def forgetting_sources(methods: dict) -> list[str]:
+    lines = [
+        "",
+        "## Where forgetting comes from",
+        "",
+        (
+            "The errors on old relations after the last task, summed over runs (true old relation -> predicted "
+            "relation), beside the two relations' type similarity and the share of those errors in which the "
+            "predicted relation arrived after the true one. threat(r): r's mean type similarity to the relations "
+            "that arrive after it, against r's forgetting, over every (run, relation) with a later task."
+        ),
+    ]
+    verdicts = []
+    for name, m in methods.items():
+        f = m["forgetting_sources"]
+        if not f["confusions"]:
+            continue
+        lines += [
+            "",
+            f"### {name}",
+            "",
+            (
+                f"{f['old_errors']} errors on old relations; mean similarity of the confused pairs "
+                f"{num(f['similarity_of_confused'])} against {num(f['similarity_of_all_pairs'])} over all pairs."
+            ),
+            "",
+            *table(
+                ["true (old)", "predicted", "errors", "similarity", "predicted arrived later"],
+                [
+                    [c["true"], c["predicted"], c["count"], num(c["similarity"]), f"{100 * c['predicted_later']:.0f}%"]
+                    for c in f["confusions"]
+                ],
+            ),
+        ]
+        verdicts.append(
+            correlation_verdict(name, "rho", f["threat_forgetting"]["rho"], "a relation's threat against its forgetting")
+        )
+    return lines + (["", *verdicts] if verdicts else [])
 
 
 DEFINITIONS = (

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
@@ -27,7 +28,7 @@ from cml import losses
 from cml.augment import augment
 from cml.config import LossConfig
 from cml.errors import CMLInputError, DivergedError
-from cml.memory import select_prototypes
+from cml.memory import allocate, select_prototypes
 from cml.model import Output
 from cml.prototypes import class_means
 from cml.tokens import EncodedSplit
@@ -37,6 +38,26 @@ if TYPE_CHECKING:
 
 DATA_SOURCES = ("task", "task+memory", "memory", "seen")
 ORDERS = ("shuffle", "curriculum", "curriculum-mix")
+
+
+def chosen(engine: Engine, option: str, own):
+    """A part's setting: the `cml:` option of that name where the run sets it, else the stage's own."""
+    value = getattr(engine.context.options, option)
+    return own if value is None else value
+
+
+def threat_weights(difficulty: torch.Tensor, is_old: torch.Tensor) -> torch.Tensor:
+    """Replay weights of consolidation items, from each item's relation's difficulty across the
+    line between old and new: an old relation's with respect to the current task (how much the
+    task threatens it), a new relation's with respect to the old relations (how much it threatens
+    them). Each side is scaled to a mean weight of 1, so old and new keep their share of the
+    replay and within each side the relations on the contested boundary are replayed more."""
+    weights = torch.ones(len(difficulty), dtype=torch.float64)
+    d = difficulty.double()
+    if is_old.any() and (~is_old).any():
+        for side in (is_old, ~is_old):
+            weights[side] = d[side] / d[side].mean().clamp(min=1e-12)
+    return weights
 
 
 @dataclass
@@ -143,10 +164,20 @@ class Train:
     sample_bank: bool = False  # CRL's stage 1: anchors against loss.bank_sample random bank entries
     epochs_option: str = "epochs"  # the train: option that gives its epochs
     first_task: int = 0
+    # the consolidation's own parts (a stage on the memory; `cml.replay_weighting` and
+    # `cml.meta_batches` set them for every such stage):
+    replay: str = "uniform"  # uniform, or threat: items drawn by their relation's similarity to the task
+    meta_batches: int = 1  # sub-batches of a first-order MER step (1: a plain optimiser step)
 
     def __post_init__(self) -> None:
         assert self.data in DATA_SOURCES and self.order in ORDERS, self
         assert all(t in TERMS for t in self.losses), self.losses
+        assert self.replay in ("uniform", "threat") and self.meta_batches >= 1, self
+        assert self.data == "memory" or (self.replay, self.meta_batches) == ("uniform", 1), self
+
+    def own(self, engine: Engine, option: str, value):
+        """A consolidation part's setting (`chosen`); other stages keep their declaration."""
+        return chosen(engine, option, value) if self.data == "memory" else value
 
     @property
     def needs_teacher(self) -> bool:
@@ -174,12 +205,13 @@ class Train:
 
         optimizer = engine.optimizer()
         engine.model.train()
+        meta = self.own(engine, "meta_batches", self.meta_batches)
         for epoch in range(epochs):
             with engine.timer("batch planning"):
                 batches = self.batches(engine, data, epoch)
             bar = tqdm(batches, desc=f"    {self.name} {epoch + 1}/{epochs}", leave=False, disable=not engine.progress)
             for step, batch in enumerate(bar, 1):
-                value = engine.train_step(data, batch, optimizer, loss)
+                value = engine.train_step(data, batch, optimizer, loss, meta)
                 if not math.isfinite(value):
                     raise DivergedError(f"{self.name} stage, epoch {epoch + 1}, step {step}: the loss is {value}")
                 bar.set_postfix(loss=f"{value:.3f}", refresh=False)
@@ -217,12 +249,27 @@ class Train:
     def batches(self, engine: Engine, data: StageData, epoch: int) -> list[torch.Tensor]:
         """Lists of split indices, one per optimiser step."""
         size, window = engine.config.train.batch_size, engine.config.train.length_window
+        items = self.epoch_items(engine, data, epoch)
         if self.order == "shuffle":
-            return data.split.length_grouped(data.items, size, window)
+            return data.split.length_grouped(items, size, window)
         if self.order == "curriculum":
-            scores = engine.difficulty_of_items(data.split.labels[data.items])
-            return [data.items[torch.tensor(b)] for b in engine.curriculum(scores, size, epoch)]
+            scores = engine.difficulty_of_items(data.split.labels[items])
+            return [items[torch.tensor(b)] for b in engine.curriculum(scores, size, epoch)]
         return _curriculum_mix(engine, data, size, window, epoch)
+
+    def epoch_items(self, engine: Engine, data: StageData, epoch: int) -> torch.Tensor:
+        """The items of one epoch: every item once, or (threat replay) as many draws with
+        replacement, each item drawn with its `threat_weights`; the batch order then arranges them."""
+        if self.own(engine, "replay_weighting", self.replay) == "uniform":
+            return data.items
+        labels = data.split.labels[data.items]
+        is_old = torch.isin(labels, data.old.cpu())
+        old = [engine.data.relations[i] for i in data.old.tolist()]
+        to_task = torch.tensor(engine.difficulty_of_items(labels))
+        to_old = torch.tensor(engine.difficulty_of_items(labels, old)) if old else to_task
+        weights = threat_weights(torch.where(is_old, to_task, to_old), is_old)
+        generator = torch.Generator().manual_seed(engine.seed + 7919 * (epoch + 1))
+        return data.items[torch.multinomial(weights, len(weights), replacement=True, generator=generator)]
 
 
 def _curriculum_mix(engine: Engine, data: StageData, size: int, window: int, epoch: int) -> list[torch.Tensor]:
@@ -253,11 +300,19 @@ def _means(out: Output, labels: torch.Tensor, ids: torch.Tensor) -> dict[str, to
 
 @dataclass(frozen=True)
 class SelectMemory:
-    """K-means memory for the relations of the current task (`train.memory_size` each, on h), and
-    their static prototypes (means of h and z over all their training data) from the same pass."""
+    """K-means memory for the relations of the current task, on h, and their static prototypes
+    (means of h and z over all their training data) from the same pass.
+
+    `allocation` says how many slots each relation gets. uniform: `train.memory_size` each.
+    difficulty: the same total, `train.memory_size` x the seen relations, shared in proportion to
+    each seen relation's difficulty among them (`d(r | seen - r)` in the relation space: a relation
+    like many others gets more, an isolated one fewer), at least one each, re-balanced every task.
+    An old relation's data is gone, so its share can only shrink: it then keeps the exemplars
+    nearest the centroids of a K-means over its memory, with the model as it is now."""
 
     name: str = "select memory"
     first_task: int = 0
+    allocation: str = "uniform"
 
     def runs(self, engine: Engine) -> bool:
         return len(engine.tasks) > self.first_task
@@ -265,27 +320,57 @@ class SelectMemory:
     def run(self, engine: Engine) -> None:
         indices = engine.data.train_indices(engine.current)
         out, labels = _encode_training(engine, indices)
+        shares = self.shares(engine, labels)
         for relation in engine.current:
             mine = (labels == engine.data.label_of[relation]).nonzero().flatten()
             with engine.timer("memory K-means"):
-                keep = select_prototypes(out.h[mine].numpy(), engine.config.train.memory_size, engine.seed)
-            engine.memory.add(relation, indices[mine[torch.as_tensor(keep, dtype=torch.long)]])
+                keep = torch.as_tensor(select_prototypes(out.h[mine].numpy(), shares[relation], engine.seed))
+            engine.memory.add(relation, indices[mine[keep]])
+            engine.prototypes.anchor(indices[mine[keep]], {"h": out.h[mine[keep]], "z": out.z[mine[keep]]})
         engine.prototypes.set("static", engine.current_ids, _means(out, labels, engine.current_ids))
+        shrink = [r for r, n in shares.items() if r not in engine.current and n < len(engine.memory.slots[r])]
+        if shrink:
+            items = engine.memory.indices(shrink)
+            kept, _ = _encode_training(engine, items)
+            for relation in shrink:
+                mine = torch.isin(items, engine.memory.slots[relation]).nonzero().flatten()
+                with engine.timer("memory K-means"):
+                    keep = torch.as_tensor(select_prototypes(kept.h[mine].numpy(), shares[relation], engine.seed))
+                engine.memory.add(relation, items[mine[keep]])
+
+    def shares(self, engine: Engine, labels: torch.Tensor) -> dict[str, int]:
+        """Memory slots of every seen relation (`labels`: those of the current task's training data)."""
+        m, seen = engine.config.train.memory_size, engine.seen_relations
+        if chosen(engine, "memory_allocation", self.allocation) == "uniform":
+            return dict.fromkeys(seen, m)
+        space = engine.context.space
+        weights = [space.relation_difficulty(r, [b for b in seen if b != r] or [r]) for r in seen]
+        caps = [
+            int((labels == engine.data.label_of[r]).sum()) if r in engine.current else len(engine.memory.slots[r])
+            for r in seen
+        ]
+        return dict(zip(seen, allocate(np.array(weights), m * len(seen), np.array(caps)).tolist()))
 
 
 @dataclass(frozen=True)
 class RefreshPrototypes:
-    """Dynamic prototypes of every seen relation: means of h and z over its memory, current model."""
+    """Dynamic prototypes of every seen relation: means of h and z over its memory, current model.
+    `drift` compensated: the same pass moves each static prototype by the mean drift of the
+    relation's memory since it was last measured (`Prototypes.compensate`)."""
 
     name: str = "refresh prototypes"
     first_task: int = 0
+    drift: str = "fixed"
 
     def runs(self, engine: Engine) -> bool:
         return len(engine.tasks) > self.first_task
 
     def run(self, engine: Engine) -> None:
-        out, labels = _encode_training(engine, engine.memory.indices(engine.seen_relations))
+        items = engine.memory.indices(engine.seen_relations)
+        out, labels = _encode_training(engine, items)
         engine.prototypes.set("dynamic", engine.seen_ids, _means(out, labels, engine.seen_ids))
+        if chosen(engine, "prototype_drift", self.drift) == "compensated":
+            engine.prototypes.compensate(items, labels, engine.seen_ids, {"h": out.h, "z": out.z})
 
 
 Stage = Train | SelectMemory | RefreshPrototypes

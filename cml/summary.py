@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 
 from cml import metrics
@@ -76,6 +77,58 @@ def relation_difficulties(space, relations: list[str]) -> list[float]:
     return [space.relation_difficulty(r, [b for b in relations if b != r]) for r in relations]
 
 
+def forgetting_sources(grid: Grid, experiment: Experiment, relation_accuracy: torch.Tensor, top: int = 15) -> dict:
+    """Where forgetting comes from, per method (docs/method.md, "Metrics").
+
+    - confusions: the errors on old relations after the last task, summed over runs: true old
+      relation -> predicted relation, with the pair's type similarity and the share of those errors
+      in which the predicted relation arrived after the true one (a later relation taking it over);
+    - threat against forgetting: per run and relation (those of the last task have nothing after
+      them), threat(r) = mean similarity of r to the relations that arrive after it in that order,
+      against r's forgetting in that run; the Spearman rho over the pooled (run, relation) points.
+    """
+    space, relations = experiment.space, experiment.dataset.relations
+    sim = lambda a, b: float(space.similarity[space.index[a], space.index[b]])
+    counts: dict[tuple[str, str], int] = {}
+    later: dict[tuple[str, str], int] = {}
+    threat, forgetting = [], []
+    per_run = metrics.unit_forgetting(relation_accuracy)  # [runs, R]
+    for r, cell in enumerate(runs_of(grid)):
+        arrival = {rel: k for k, row in enumerate(cell) for rel in row["relations"]}
+        for true, predicted in cell[-1].get("confusions", {}).items():
+            for pred, count in predicted.items():
+                counts[true, pred] = counts.get((true, pred), 0) + count
+                later[true, pred] = later.get((true, pred), 0) + count * (arrival.get(pred, -1) > arrival[true])
+        for i, rel in enumerate(relations):
+            after = [b for b, k in arrival.items() if k > arrival.get(rel, len(cell))]
+            if rel in arrival and after and not math.isnan(per_run[r, i]):
+                threat.append(space.relation_difficulty(rel, after))
+                forgetting.append(float(per_run[r, i]))
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return {
+        "confusions": [
+            {
+                "true": true,
+                "predicted": pred,
+                "count": count,
+                "similarity": sim(true, pred),
+                "predicted_later": later[true, pred] / count,
+            }
+            for (true, pred), count in ranked[:top]
+        ],
+        "old_errors": sum(counts.values()),
+        "similarity_of_confused": (
+            sum(c * sim(t, p) for (t, p), c in counts.items()) / sum(counts.values()) if counts else None
+        ),
+        "similarity_of_all_pairs": float(space.similarity[~np.eye(len(relations), dtype=bool)].mean()),
+        "threat_forgetting": {
+            "threat": threat,
+            "forgetting": forgetting,
+            "rho": as_dict(metrics.correlation(threat, forgetting)),
+        },
+    }
+
+
 def nan_to_none(matrix: list[list[float]]) -> list[list[float | None]]:
     """A matrix for JSON: NaN (no value, e.g. a task not yet seen) as null."""
     return [[None if math.isnan(x) else x for x in row] for row in matrix]
@@ -116,7 +169,8 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
     task_forgetting = metrics.forgetting(acc).view(O, S, K - 1).mean(1) if K > 1 else None  # [O, K - 1]
     tau = metrics.curriculumness(difficulty) if K > 1 else torch.zeros(O, dtype=torch.float64)
     relations = experiment.dataset.relations
-    relation_forgetting = torch.nanmean(metrics.unit_forgetting(relation_accuracy_tensor(grid, relations)), dim=0)
+    relation_accuracy = relation_accuracy_tensor(grid, relations)
+    relation_forgetting = torch.nanmean(metrics.unit_forgetting(relation_accuracy), dim=0)
     relation_difficulty = torch.tensor(relation_difficulties(experiment.space, relations), dtype=torch.float64)
     forgettable = ~torch.isnan(relation_forgetting)
     sp = lambda values: dataclasses.asdict(metrics.spread(values))
@@ -165,6 +219,7 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
             "forgetting": relation_forgetting[forgettable].tolist(),
             "rho": as_dict(metrics.correlation(relation_difficulty[forgettable], relation_forgetting[forgettable])),
         },
+        "forgetting_sources": forgetting_sources(grid, experiment, relation_accuracy),
         "order_curriculumness": tau.tolist(),
         "rho_o": as_dict(metrics.correlation(tau, whole[:, :, -1].mean(1))) if K > 1 else None,
         "seconds": seconds,

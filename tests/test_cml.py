@@ -178,15 +178,19 @@ def test_cml_2021_mixes_memory_into_the_task_batches_from_easy_to_hard(tmp_path)
     assert max(per_batch[0]) <= np.quantile([x for d in per_batch for x in d], 0.5)
 
 
-def test_cml_consolidates_on_the_memory_from_easy_to_hard(tmp_path):
-    engine, *_ = at_the_fourth_task(tmp_path, "cml")
+@pytest.mark.parametrize("method", ["cml", "cml-no-threat"])
+def test_cml_consolidates_on_the_memory_from_easy_to_hard(tmp_path, method):
+    engine, *_ = at_the_fourth_task(tmp_path, method)
     engine.method.stages[1].run(engine)  # memory of the new relations
     consolidate = engine.method.stages[2]
     assert consolidate.name == "consolidate" and consolidate.order == "curriculum"
     data = consolidate.stage_data(engine, consolidate.losses)
     assert sorted(data.items.tolist()) == sorted(engine.memory.indices().tolist())  # every seen relation's memory
     batches = consolidate.batches(engine, data, epoch=0)
-    assert sorted(torch.cat(batches).tolist()) == sorted(data.items.tolist())
+    drawn = consolidate.epoch_items(engine, data, epoch=0)  # every item once, or the threat draws
+    assert sorted(torch.cat(batches).tolist()) == sorted(drawn.tolist())
+    if consolidate.replay == "uniform":
+        assert sorted(drawn.tolist()) == sorted(data.items.tolist())
     scores = engine.difficulty_of_items(torch.cat([engine.data.train.labels[b] for b in batches]))
     sizes = np.cumsum([0] + [len(b) for b in batches])
     assert first_half_easier([scores[a:b] for a, b in itertools.pairwise(sizes)])

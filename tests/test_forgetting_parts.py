@@ -1,0 +1,315 @@
+"""The parts that put CML's difficulty where forgetting happens: memory shared out by difficulty,
+threat-weighted replay, drift-compensated prototypes, the first-order MER step, and the report of
+where forgetting comes from. Each against a hand computation or an independent one."""
+
+import itertools
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from cml.memory import allocate, select_prototypes
+from cml.meta import path_gradient
+from cml.prototypes import Prototypes
+from cml.relations import RelationSpace
+from cml.stages import SelectMemory, Train, threat_weights
+from cml.summary import forgetting_sources, relation_accuracy_tensor
+from tests.test_engine import make_engine, small_config
+
+# --- memory shares -------------------------------------------------------------------------------
+
+
+def test_allocation_by_hand():
+    # 4 x 1 first; the other 16 in proportion 1:2:3:4 = 1.6, 3.2, 4.8, 6.4; floors 14, the two largest
+    # remainders (.8, .6) get one more
+    assert allocate(np.array([1, 2, 3, 4]), 20, np.array([99] * 4)).tolist() == [3, 4, 6, 7]
+    # the second relation can hold one more than `low` at most; its surplus goes to the others in
+    # proportion 1:3:4 of 15 = 1.875, 5.625, 7.5
+    assert allocate(np.array([1, 2, 3, 4]), 20, np.array([10, 2, 10, 10])).tolist() == [3, 2, 7, 8]
+    # caps that cannot hold the budget: everyone at the cap
+    assert allocate(np.array([1, 1]), 10, np.array([3, 4])).tolist() == [3, 4]
+
+
+def brute_force(weights, budget, caps, low=1):
+    """Every integer vector with low <= n_i <= cap_i summing to the budget; the one nearest the
+    capped proportional shares (found by bisection on the scale, independently of `allocate`),
+    ties to the larger count at the lower index, as largest remainder gives."""
+    lo, hi = 0.0, 1e6
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        quota = np.clip(low + mid * weights, low, caps)
+        lo, hi = (mid, hi) if quota.sum() < budget else (lo, mid)
+    quota = np.clip(low + lo * weights, low, caps)
+    best = None
+    for n in itertools.product(*[range(low, c + 1) for c in caps]):
+        if sum(n) == budget:
+            key = (np.abs(np.array(n) - quota).max(), [-x for x in n])
+            best = min(best or (key, n), (key, n))
+    return list(best[1])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_allocation_sums_to_the_budget_and_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    weights = rng.uniform(0.1, 1.0, size=4)
+    caps = rng.integers(1, 8, size=4)
+    budget = int(rng.integers(4, caps.sum() + 1))
+    shares = allocate(weights, budget, caps)
+    assert shares.sum() == budget and (shares >= 1).all() and (shares <= caps).all()
+    assert shares.tolist() == brute_force(weights, budget, caps)
+
+
+def test_uniform_allocation_is_todays_selection(tmp_path):
+    """With the allocation off, every relation's memory is the K-means of that relation alone."""
+    engine, experiment = make_engine(small_config(tmp_path, methods=("cml-no-allocation",)), "cml-no-allocation")
+    engine.run_task(experiment.orders[0].tasks[0])
+    out = engine.encode(engine.data.train, engine.data.train_indices(engine.current), "memory forward")
+    # the model has moved through the consolidation-free first task; re-select with the same model
+    indices = engine.data.train_indices(engine.current)
+    labels = engine.data.train.labels[indices]
+    for relation in engine.current:
+        mine = (labels == engine.data.label_of[relation]).nonzero().flatten()
+        keep = select_prototypes(out.h[mine].numpy(), engine.config.train.memory_size, engine.seed)
+        before = engine.memory.slots[relation]
+        SelectMemory().run(engine)
+        assert engine.memory.slots[relation].tolist() == indices[mine[torch.as_tensor(keep)]].tolist()
+        assert engine.memory.slots[relation].tolist() == before.tolist()
+
+
+def test_difficulty_allocation_shares_the_same_budget_by_difficulty(tmp_path):
+    config = small_config(tmp_path, methods=("cml",))
+    config.data.max_per_relation = 12
+    config.train.consolidate_epochs = 1
+    engine, experiment = make_engine(config, "cml")
+    select = engine.method.stages[1]
+    assert select.allocation == "difficulty"
+    tasks = experiment.orders[0].tasks
+    for task in tasks[:3]:
+        engine.run_task(task)
+        labels = engine.data.train.labels[engine.data.train_indices(engine.current)]
+        seen = engine.seen_relations
+        shares = select.shares(engine, labels)
+        assert sum(shares.values()) == config.train.memory_size * len(seen)
+        for relation in seen:
+            assert 1 <= len(engine.memory.slots[relation]) <= max(shares[relation], 1) or relation in engine.current
+        # more similar to the others, no fewer slots (among the new relations, whose data is all there)
+        space = experiment.space
+        d = {r: space.relation_difficulty(r, [b for b in seen if b != r]) for r in engine.current}
+        for a, b in itertools.permutations(engine.current, 2):
+            if d[a] > d[b] + 1e-9:
+                assert shares[a] >= shares[b]
+    assert len(engine.memory) <= config.train.memory_size * len(engine.seen_relations)
+
+
+# --- threat-weighted replay ------------------------------------------------------------------------
+
+
+def test_threat_weights_by_hand():
+    # old items: 0.2, 0.4, 0.6 over their mean 0.4; new items: 0.9, 0.3 over their mean 0.6
+    weights = threat_weights(
+        torch.tensor([0.2, 0.4, 0.9, 0.6, 0.3]), torch.tensor([True, True, False, True, False])
+    )
+    torch.testing.assert_close(weights, torch.tensor([0.5, 1.0, 1.5, 1.5, 0.5], dtype=torch.float64))
+    assert threat_weights(torch.tensor([0.3, 0.7]), torch.tensor([False, False])).tolist() == [1.0, 1.0]
+
+
+def test_threat_replay_draws_old_relations_by_their_similarity_to_the_task(tmp_path):
+    from tests.test_cml import at_the_fourth_task
+
+    engine, experiment, tasks = at_the_fourth_task(tmp_path, "cml")
+    engine.method.stages[1].run(engine)
+    consolidate = engine.method.stages[2]
+    assert consolidate.replay == "threat"
+    data = consolidate.stage_data(engine, consolidate.losses)
+    items = consolidate.epoch_items(engine, data, epoch=0)
+    assert len(items) == len(data.items) and torch.isin(items, data.items).all()
+    assert items.tolist() == consolidate.epoch_items(engine, data, epoch=0).tolist()  # seeded
+    # the weights the draws follow, by hand from the relation space: an old relation's similarity
+    # to the task, a new one's to the old relations, each side over its mean
+    labels = data.split.labels[data.items]
+    names = [engine.data.relations[int(y)] for y in labels]
+    old = [r for task in tasks[:3] for r in task]
+    space = experiment.space
+    d = [space.relation_difficulty(r, tasks[3]) if r in old else space.relation_difficulty(r, old) for r in names]
+    mean = {side: np.mean([x for x, r in zip(d, names) if (r in old) == side]) for side in (True, False)}
+    expected = [x / mean[r in old] for x, r in zip(d, names)]
+    # over many epochs an item is drawn in proportion to its weight
+    counts = torch.zeros(len(engine.data.train.labels))
+    for epoch in range(300):
+        counts += torch.bincount(consolidate.epoch_items(engine, data, epoch), minlength=len(counts))
+    frequency = counts[data.items] / counts[data.items].sum()
+    np.testing.assert_allclose(frequency.numpy(), np.array(expected) / sum(expected), atol=0.01)
+    uniform = Train("consolidate", "memory", first_task=1)
+    assert uniform.epoch_items(engine, data, 0).tolist() == data.items.tolist()
+
+
+# --- first-order MER -------------------------------------------------------------------------------
+
+
+def quadratic(weights, batch):
+    a, c = batch
+    d = weights["w"] - c
+    return 0.5 * d @ a @ d, None
+
+
+def test_path_gradient_by_hand():
+    """theta0 = (1, 2); L1 = 1/2 t.A1.t with A1 = diag(2, 1); L2 = 1/2 (t - c).A2.(t - c) with
+    A2 = [[1, 1], [1, 3]], c = (1, 0); lr 0.1.
+    g1 = A1 theta0 = (2, 2); theta1 = (0.8, 1.8); g2 = A2 (-0.2, 1.8) = (1.6, 5.2); mean (1.8, 3.6)."""
+    a1, a2 = torch.diag(torch.tensor([2.0, 1.0])), torch.tensor([[1.0, 1.0], [1.0, 3.0]])
+    batches = [(a1, torch.zeros(2)), (a2, torch.tensor([1.0, 0.0]))]
+    theta = {"w": torch.tensor([1.0, 2.0])}
+    grad, values, _ = path_gradient(quadratic, theta, batches, lr=0.1)
+    torch.testing.assert_close(grad["w"], torch.tensor([1.8, 3.6]))
+    assert values == pytest.approx([0.5 * (2 * 1 + 4), 0.5 * (-0.2 * (-0.2 + 1.8) + 1.8 * (-0.2 + 5.4))])
+    assert theta["w"].tolist() == [1.0, 2.0]  # the input is not moved
+    one, _, _ = path_gradient(quadratic, theta, batches[1:], lr=0.1)
+    torch.testing.assert_close(one["w"], a2 @ (theta["w"] - batches[1][1]))  # one batch: its plain gradient
+    # with lr 0 the path is the mean gradient at theta0; the difference is the interference term -lr/2 H2 g1
+    zero, _, _ = path_gradient(quadratic, theta, batches, lr=0.0)
+    torch.testing.assert_close(zero["w"], (a1 @ theta["w"] + a2 @ (theta["w"] - batches[1][1])) / 2)
+    torch.testing.assert_close(grad["w"] - zero["w"], -0.1 / 2 * a2 @ (a1 @ theta["w"]))
+
+
+def test_mer_step_of_the_engine_walks_the_model_without_copies(tmp_path):
+    """With the inner rate 0 and no dropout, the MER step's gradient over two halves is the batch's
+    own gradient: the same step as a plain one, through `functional_call` on the same module (fp32:
+    the halves are padded to their own lengths, which bf16 would round differently)."""
+    config = small_config(tmp_path, methods=("cml",))
+    config.cml.meta_lr = 0.0
+    config.train.precision = "fp32"
+    engine, experiment = make_engine(config, "cml")
+    engine.run_task(experiment.orders[0].tasks[0])
+    learn = engine.method.stages[0]
+    data = learn.stage_data(engine, ("ce",))
+    batch = data.items[:8]
+    loss = lambda out, labels, teacher: F.cross_entropy(out.logits.float(), labels)
+    start = {n: p.detach().clone() for n, p in engine.model.named_parameters() if p.requires_grad}
+    moved = []
+    for meta in (1, 2):
+        engine.model.load_state_dict(start, strict=False)
+        engine.model.eval()
+        optimizer = torch.optim.SGD(engine.trainable, lr=1.0)
+        engine.train_step(data, batch, optimizer, loss, meta_batches=meta)
+        moved.append({n: p.detach().clone() for n, p in engine.model.named_parameters() if p.requires_grad})
+    for name in start:
+        torch.testing.assert_close(moved[0][name], moved[1][name], rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(moved[0][n], start[n]) for n in start)
+
+
+# --- drift compensation ------------------------------------------------------------------------
+
+
+def test_drift_compensation_against_a_loop():
+    rng = torch.Generator().manual_seed(0)
+    protos = Prototypes.empty(3, {"h": 2, "z": 2})
+    static = {"h": torch.randn(2, 2, generator=rng), "z": torch.randn(2, 2, generator=rng)}
+    protos.set("static", torch.tensor([0, 2]), static)
+    items, labels = torch.tensor([9, 4, 7, 1, 5]), torch.tensor([0, 0, 2, 2, 1])
+    before = {s: torch.randn(5, 2, generator=rng) for s in ("h", "z")}
+    protos.anchor(items[:3], {s: v[:3] for s, v in before.items()})
+    protos.anchor(items[3:], {s: v[3:] for s, v in before.items()})
+    now = {s: torch.randn(5, 2, generator=rng) for s in ("h", "z")}
+    protos.compensate(items, labels, torch.tensor([0, 1, 2]), now)
+    for space in ("h", "z"):
+        for r, row in ((0, 0), (2, 1)):
+            drift = [now[space][i] - before[space][i] for i in range(5) if labels[i] == r]
+            torch.testing.assert_close(protos.static[space][r], static[space][row] + sum(drift) / len(drift))
+        assert protos.static[space][1].tolist() == [0.0, 0.0]  # no static mean: nothing to move
+    assert protos.anchors["items"].tolist() == sorted(items.tolist())
+    torch.testing.assert_close(protos.anchors["h"][protos.anchors["items"].tolist().index(7)], now["h"][2])
+    with pytest.raises(RuntimeError, match="no anchor"):
+        protos.compensate(torch.tensor([3]), torch.tensor([0]), torch.tensor([0]), {"h": torch.zeros(1, 2)})
+
+
+def test_compensated_static_prototype_follows_its_memory(tmp_path):
+    """After a refresh, a relation's static mean has moved by exactly the change of its memory
+    mean since selection (the memory stays, so the mean drift is the drift of the mean)."""
+    config = small_config(tmp_path, methods=("cml",))
+    config.train.consolidate_epochs = 2
+    config.train.lr = 1e-3  # features that move
+    config.train.precision = "fp32"  # the check's encodings batch differently from the refresh's
+    engine, experiment = make_engine(config, "cml")
+    tasks = experiment.orders[0].tasks
+    engine.run_task(tasks[0])
+    static = {s: engine.prototypes.static[s].clone() for s in ("h", "z")}
+    ids = engine.data.ids(tasks[0])
+    items = engine.memory.indices(tasks[0])
+    labels = engine.data.train.labels[items]
+    before = engine.encode(engine.data.train, items, "memory forward")
+    engine.run_task(tasks[1])
+    # the second task's selection may have shrunk a first-task relation; measure on what it kept
+    kept = engine.memory.indices(tasks[0])
+    mask = torch.isin(items, kept)
+    after = engine.encode(engine.data.train, kept, "memory forward")
+    from cml.prototypes import class_means
+
+    for space in ("h", "z"):
+        drift = class_means(getattr(after, space) - getattr(before, space)[mask], labels[mask], ids)
+        assert drift.abs().max() > 0.05  # the features did move
+        torch.testing.assert_close(engine.prototypes.static[space][ids], static[space][ids] + drift, atol=1e-4, rtol=0)
+
+
+# --- where forgetting comes from ---------------------------------------------------------------------
+
+
+def test_forgetting_sources_by_hand():
+    relations = ["a", "b", "c"]
+    similarity = np.array([[1.0, 0.8, 0.2], [0.8, 1.0, 0.5], [0.2, 0.5, 1.0]])
+    experiment = types.SimpleNamespace(
+        space=RelationSpace(relations, np.zeros((3, 2)), similarity),
+        dataset=types.SimpleNamespace(relations=relations),
+    )
+
+    def cell(order, accuracy, confusions):
+        return [
+            {"relations": [r], "relation_accuracy": acc, "confusions": conf if k == 2 else {}}
+            for k, (r, acc, conf) in enumerate(zip(order, accuracy, [None, None, confusions]))
+        ]
+
+    run0 = cell(
+        ["a", "b", "c"],
+        [{"a": 0.9}, {"a": 0.7, "b": 0.8}, {"a": 0.5, "b": 0.6, "c": 0.9}],
+        {"a": {"b": 3, "c": 1}, "b": {"c": 2}},
+    )
+    run1 = cell(
+        ["c", "a", "b"],
+        [{"c": 1.0}, {"c": 0.9, "a": 0.9}, {"c": 0.7, "a": 0.8, "b": 0.9}],
+        {"a": {"b": 2}, "c": {"a": 1}},
+    )
+    grid = [[run0], [run1]]
+    sources = forgetting_sources(grid, experiment, relation_accuracy_tensor(grid, relations))
+    got = {(c["true"], c["predicted"]): (c["count"], c["similarity"], c["predicted_later"]) for c in sources["confusions"]}
+    assert got == {
+        ("a", "b"): (5, 0.8, 1.0),  # b after a in both orders
+        ("b", "c"): (2, 0.5, 1.0),
+        ("a", "c"): (1, 0.2, 1.0),
+        ("c", "a"): (1, 0.2, 1.0),
+    }
+    assert [c["true"] + c["predicted"] for c in sources["confusions"]][:2] == ["ab", "bc"]
+    assert sources["old_errors"] == 9
+    assert sources["similarity_of_confused"] == pytest.approx((5 * 0.8 + 2 * 0.5 + 0.2 + 0.2) / 9)
+    # threat: run 0: a -> mean(0.8, 0.2), b -> 0.5; run 1: c -> mean(0.2, 0.5), a -> 0.8
+    # forgetting: run 0: a 0.9 - 0.5, b 0.8 - 0.6; run 1: c 1.0 - 0.7, a 0.9 - 0.8
+    tf = sources["threat_forgetting"]
+    assert tf["threat"] == pytest.approx([0.5, 0.5, 0.8, 0.35])
+    assert tf["forgetting"] == pytest.approx([0.4, 0.2, 0.1, 0.3])
+    assert tf["rho"]["n"] == 4
+
+
+def test_confusions_count_every_error_on_old_relations(tmp_path):
+    from cml.experiment import build_experiment
+    from cml.runner import run
+    from tests.test_engine import rows_without_time
+
+    config = small_config(tmp_path / "run", methods=("replay",), orders=1)
+    run(config, build_experiment(config), progress=False)
+    last = rows_without_time(tmp_path / "run")[-1]
+    old = [r for task in last["task_size"][:-1] for r in [task]]
+    old_examples = sum(old)
+    errors = sum(sum(p.values()) for p in last["confusions"].values())
+    assert errors == round((1 - last["old_accuracy"]) * old_examples)
+    new = set(last["relations"])
+    assert not new & set(last["confusions"])  # only old relations' errors
