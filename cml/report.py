@@ -259,6 +259,10 @@ def order_sensitivity(methods: dict) -> list[str]:
     ]
 
 
+def named(relation: str, name: str | None) -> str:
+    return relation if not name or name == relation else f"{relation} ({name})"
+
+
 def forgetting_sources(methods: dict) -> list[str]:
     lines = [
         "",
@@ -288,7 +292,13 @@ def forgetting_sources(methods: dict) -> list[str]:
             *table(
                 ["true (old)", "predicted", "errors", "similarity", "predicted arrived later"],
                 [
-                    [c["true"], c["predicted"], c["count"], num(c["similarity"]), f"{100 * c['predicted_later']:.0f}%"]
+                    [
+                        named(c["true"], c["true_name"]),
+                        named(c["predicted"], c["predicted_name"]),
+                        c["count"],
+                        num(c["similarity"]),
+                        f"{100 * c['predicted_later']:.0f}%",
+                    ]
                     for c in f["confusions"]
                 ],
             ),

@@ -88,6 +88,7 @@ def forgetting_sources(grid: Grid, experiment: Experiment, relation_accuracy: to
       against r's forgetting in that run; the Spearman rho over the pooled (run, relation) points.
     """
     space, relations = experiment.space, experiment.dataset.relations
+    names = getattr(experiment.dataset, "relation_names", {})
     sim = lambda a, b: float(space.similarity[space.index[a], space.index[b]])
     counts: dict[tuple[str, str], int] = {}
     later: dict[tuple[str, str], int] = {}
@@ -110,6 +111,8 @@ def forgetting_sources(grid: Grid, experiment: Experiment, relation_accuracy: to
             {
                 "true": true,
                 "predicted": pred,
+                "true_name": names.get(true),
+                "predicted_name": names.get(pred),
                 "count": count,
                 "similarity": sim(true, pred),
                 "predicted_later": later[true, pred] / count,

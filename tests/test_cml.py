@@ -178,9 +178,11 @@ def test_cml_2021_mixes_memory_into_the_task_batches_from_easy_to_hard(tmp_path)
     assert max(per_batch[0]) <= np.quantile([x for d in per_batch for x in d], 0.5)
 
 
-@pytest.mark.parametrize("method", ["cml", "cml-no-threat"])
-def test_cml_consolidates_on_the_memory_from_easy_to_hard(tmp_path, method):
-    engine, *_ = at_the_fourth_task(tmp_path, method)
+@pytest.mark.parametrize("threat", [True, False])
+def test_cml_consolidates_on_the_memory_from_easy_to_hard(tmp_path, threat):
+    from tests.test_forgetting_parts import with_part
+
+    engine, *_ = at_the_fourth_task(tmp_path, with_part("threat", threat))
     engine.method.stages[1].run(engine)  # memory of the new relations
     consolidate = engine.method.stages[2]
     assert consolidate.name == "consolidate" and consolidate.order == "curriculum"

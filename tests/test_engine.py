@@ -53,17 +53,27 @@ def test_run_writes_report_and_keeps_class_incremental_protocol(tmp_path):
     assert set(report["methods"]) == {"finetune", "replay", "joint"}
 
 
-@pytest.mark.parametrize("method", ["replay", "cml"])
-def test_same_seed_same_numbers_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, method):
-    """cml carries everything a task leaves behind: memory, static and dynamic prototypes, the
-    classifier rows, and draws augmentation and curriculum batches from its seeds."""
-    config = small_config(tmp_path / "full", methods=(method,))
-    config.train.consolidate_epochs = 1
+EVERY_PART = {"memory_allocation": "difficulty", "replay_weighting": "threat", "prototype_drift": "compensated"}
+
+
+@pytest.mark.parametrize("method, parts", [("replay", {}), ("cml", {}), ("cml", {**EVERY_PART, "meta_batches": 2})])
+def test_same_seed_same_numbers_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, method, parts):
+    """cml carries everything a task leaves behind: memory (with its shares), static and dynamic
+    prototypes and the anchors of drift compensation, the classifier rows, and draws augmentation,
+    threat replay and curriculum batches from its seeds."""
+
+    def configured(output):
+        config = small_config(output, methods=(method,))
+        config.train.consolidate_epochs = 1
+        for key, value in parts.items():
+            setattr(config.cml, key, value)
+        return config
+
+    config = configured(tmp_path / "full")
     experiment = build_experiment(config)
     run(config, experiment, progress=False)
 
-    interrupted = small_config(tmp_path / "cut", methods=(method,))
-    interrupted.train.consolidate_epochs = 1
+    interrupted = configured(tmp_path / "cut")
     calls = {"n": 0}
     original = Engine.run_task
 

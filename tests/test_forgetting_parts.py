@@ -12,11 +12,19 @@ from torch.nn import functional as F
 
 from cml.memory import allocate, select_prototypes
 from cml.meta import path_gradient
+from cml.methods import CML_PARTS
 from cml.prototypes import Prototypes
 from cml.relations import RelationSpace
 from cml.stages import SelectMemory, Train, threat_weights
 from cml.summary import forgetting_sources, relation_accuracy_tensor
 from tests.test_engine import make_engine, small_config
+
+def with_part(part: str, on: bool = True) -> str:
+    """The method that is cml with `part` on (or off): cml itself, or its one-part variant."""
+    if CML_PARTS[part][0] == on:
+        return "cml"
+    return f"cml+{part}" if on else f"cml-no-{part}"
+
 
 # --- memory shares -------------------------------------------------------------------------------
 
@@ -63,7 +71,8 @@ def test_allocation_sums_to_the_budget_and_matches_brute_force(seed):
 
 def test_uniform_allocation_is_todays_selection(tmp_path):
     """With the allocation off, every relation's memory is the K-means of that relation alone."""
-    engine, experiment = make_engine(small_config(tmp_path, methods=("cml-no-allocation",)), "cml-no-allocation")
+    method = with_part("allocation", on=False)
+    engine, experiment = make_engine(small_config(tmp_path, methods=(method,)), method)
     engine.run_task(experiment.orders[0].tasks[0])
     out = engine.encode(engine.data.train, engine.data.train_indices(engine.current), "memory forward")
     # the model has moved through the consolidation-free first task; re-select with the same model
@@ -79,10 +88,11 @@ def test_uniform_allocation_is_todays_selection(tmp_path):
 
 
 def test_difficulty_allocation_shares_the_same_budget_by_difficulty(tmp_path):
-    config = small_config(tmp_path, methods=("cml",))
+    method = with_part("allocation")
+    config = small_config(tmp_path, methods=(method,))
     config.data.max_per_relation = 12
     config.train.consolidate_epochs = 1
-    engine, experiment = make_engine(config, "cml")
+    engine, experiment = make_engine(config, method)
     select = engine.method.stages[1]
     assert select.allocation == "difficulty"
     tasks = experiment.orders[0].tasks
@@ -118,7 +128,7 @@ def test_threat_weights_by_hand():
 def test_threat_replay_draws_old_relations_by_their_similarity_to_the_task(tmp_path):
     from tests.test_cml import at_the_fourth_task
 
-    engine, experiment, tasks = at_the_fourth_task(tmp_path, "cml")
+    engine, experiment, tasks = at_the_fourth_task(tmp_path, with_part("threat"))
     engine.method.stages[1].run(engine)
     consolidate = engine.method.stages[2]
     assert consolidate.replay == "threat"
@@ -227,11 +237,12 @@ def test_drift_compensation_against_a_loop():
 def test_compensated_static_prototype_follows_its_memory(tmp_path):
     """After a refresh, a relation's static mean has moved by exactly the change of its memory
     mean since selection (the memory stays, so the mean drift is the drift of the mean)."""
-    config = small_config(tmp_path, methods=("cml",))
+    method = with_part("drift")
+    config = small_config(tmp_path, methods=(method,))
     config.train.consolidate_epochs = 2
     config.train.lr = 1e-3  # features that move
     config.train.precision = "fp32"  # the check's encodings batch differently from the refresh's
-    engine, experiment = make_engine(config, "cml")
+    engine, experiment = make_engine(config, method)
     tasks = experiment.orders[0].tasks
     engine.run_task(tasks[0])
     static = {s: engine.prototypes.static[s].clone() for s in ("h", "z")}
