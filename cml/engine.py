@@ -272,7 +272,11 @@ class Engine:
         def piece_loss(weights: dict[str, torch.Tensor] | None, piece) -> tuple[torch.Tensor, torch.Tensor]:
             batch, _, teacher = piece
             with self.autocast():
-                out = functional_call(self.model, weights, (batch, self.seen)) if weights else self.model(batch, self.seen)
+                out = (
+                    functional_call(self.model, weights, (batch, self.seen))
+                    if weights
+                    else self.model(batch, self.seen)
+                )
             return loss_fn(out, batch["labels"], teacher), out.z.detach()
 
         with self.timer(TRAIN_PHASE, len(indices)):

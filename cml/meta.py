@@ -9,9 +9,9 @@ with eps_k fixed, or decaying over the K tasks (linear: eps (1 - k/K); sqrt: eps
 That only shrinks an update. `path_gradient` targets interference instead (first-order MER,
 Riemer et al. 2019): one optimiser step's batch is cut into sub-batches, SGD walks through them
 in turn, and the step takes the mean of the gradients met along that path. For two sub-batches it
-is (g1(theta) + g2(theta - lr g1)) / 2 = mean gradient - lr/2 H2 g1 + O(lr^2), and -H2 g1 is the
-gradient of -g1.g2 with respect to the second batch's side: the step favours directions on which
-the sub-batches' gradients agree.
+is (g1(theta) + g2(theta - lr g1)) / 2 = (g1 + g2) / 2 - lr/2 H2 g1 + O(lr^2); the sub-batches are
+drawn in random order, so in expectation that is the mean gradient - lr/4 grad(g1 . g2): the step
+also climbs the agreement of the sub-batches' gradients.
 """
 
 from __future__ import annotations

@@ -304,7 +304,9 @@ def forgetting_sources(methods: dict) -> list[str]:
             ),
         ]
         verdicts.append(
-            correlation_verdict(name, "rho", f["threat_forgetting"]["rho"], "a relation's threat against its forgetting")
+            correlation_verdict(
+                name, "rho", f["threat_forgetting"]["rho"], "a relation's threat against its forgetting"
+            )
         )
     return lines + (["", *verdicts] if verdicts else [])
 

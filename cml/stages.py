@@ -298,6 +298,12 @@ def _means(out: Output, labels: torch.Tensor, ids: torch.Tensor) -> dict[str, to
     return {"h": class_means(out.h, labels, ids), "z": class_means(out.z, labels, ids)}
 
 
+def _nearest_centroids(engine: Engine, h: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions (in `h`) of the examples nearest the centroids of an n-means over them."""
+    with engine.timer("memory K-means"):
+        return torch.as_tensor(select_prototypes(h.numpy(), n, engine.seed), dtype=torch.long)
+
+
 @dataclass(frozen=True)
 class SelectMemory:
     """K-means memory for the relations of the current task, on h, and their static prototypes
@@ -323,10 +329,9 @@ class SelectMemory:
         shares = self.shares(engine, labels)
         for relation in engine.current:
             mine = (labels == engine.data.label_of[relation]).nonzero().flatten()
-            with engine.timer("memory K-means"):
-                keep = torch.as_tensor(select_prototypes(out.h[mine].numpy(), shares[relation], engine.seed))
-            engine.memory.add(relation, indices[mine[keep]])
-            engine.prototypes.anchor(indices[mine[keep]], {"h": out.h[mine[keep]], "z": out.z[mine[keep]]})
+            keep = mine[_nearest_centroids(engine, out.h[mine], shares[relation])]
+            engine.memory.add(relation, indices[keep])
+            engine.prototypes.anchor(indices[keep], {"h": out.h[keep], "z": out.z[keep]})
         engine.prototypes.set("static", engine.current_ids, _means(out, labels, engine.current_ids))
         shrink = [r for r, n in shares.items() if r not in engine.current and n < len(engine.memory.slots[r])]
         if shrink:
@@ -334,9 +339,7 @@ class SelectMemory:
             kept, _ = _encode_training(engine, items)
             for relation in shrink:
                 mine = torch.isin(items, engine.memory.slots[relation]).nonzero().flatten()
-                with engine.timer("memory K-means"):
-                    keep = torch.as_tensor(select_prototypes(kept.h[mine].numpy(), shares[relation], engine.seed))
-                engine.memory.add(relation, items[mine[keep]])
+                engine.memory.add(relation, items[mine[_nearest_centroids(engine, kept.h[mine], shares[relation])]])
 
     def shares(self, engine: Engine, labels: torch.Tensor) -> dict[str, int]:
         """Memory slots of every seen relation (`labels`: those of the current task's training data)."""

@@ -19,6 +19,7 @@ from cml.stages import SelectMemory, Train, threat_weights
 from cml.summary import forgetting_sources, relation_accuracy_tensor
 from tests.test_engine import make_engine, small_config
 
+
 def with_part(part: str, on: bool = True) -> str:
     """The method that is cml with `part` on (or off): cml itself, or its one-part variant."""
     if CML_PARTS[part][0] == on:
@@ -118,9 +119,7 @@ def test_difficulty_allocation_shares_the_same_budget_by_difficulty(tmp_path):
 
 def test_threat_weights_by_hand():
     # old items: 0.2, 0.4, 0.6 over their mean 0.4; new items: 0.9, 0.3 over their mean 0.6
-    weights = threat_weights(
-        torch.tensor([0.2, 0.4, 0.9, 0.6, 0.3]), torch.tensor([True, True, False, True, False])
-    )
+    weights = threat_weights(torch.tensor([0.2, 0.4, 0.9, 0.6, 0.3]), torch.tensor([True, True, False, True, False]))
     torch.testing.assert_close(weights, torch.tensor([0.5, 1.0, 1.5, 1.5, 0.5], dtype=torch.float64))
     assert threat_weights(torch.tensor([0.3, 0.7]), torch.tensor([False, False])).tolist() == [1.0, 1.0]
 
@@ -292,7 +291,9 @@ def test_forgetting_sources_by_hand():
     )
     grid = [[run0], [run1]]
     sources = forgetting_sources(grid, experiment, relation_accuracy_tensor(grid, relations))
-    got = {(c["true"], c["predicted"]): (c["count"], c["similarity"], c["predicted_later"]) for c in sources["confusions"]}
+    got = {
+        (c["true"], c["predicted"]): (c["count"], c["similarity"], c["predicted_later"]) for c in sources["confusions"]
+    }
     assert got == {
         ("a", "b"): (5, 0.8, 1.0),  # b after a in both orders
         ("b", "c"): (2, 0.5, 1.0),
