@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from cml import losses
 from cml.augment import augment
-from cml.config import LossConfig
+from cml.config import LossConfig, choices
 from cml.errors import CMLInputError, DivergedError
 from cml.memory import allocate, select_prototypes
 from cml.model import Output
@@ -172,7 +172,7 @@ class Train:
     def __post_init__(self) -> None:
         assert self.data in DATA_SOURCES and self.order in ORDERS, self
         assert all(t in TERMS for t in self.losses), self.losses
-        assert self.replay in ("uniform", "threat") and self.meta_batches >= 1, self
+        assert self.replay in choices("cml.replay_weighting") and self.meta_batches >= 1, self
         assert self.data == "memory" or (self.replay, self.meta_batches) == ("uniform", 1), self
 
     def own(self, engine: Engine, option: str, value):
@@ -320,6 +320,9 @@ class SelectMemory:
     first_task: int = 0
     allocation: str = "uniform"
 
+    def __post_init__(self) -> None:
+        assert self.allocation in choices("cml.memory_allocation"), self
+
     def runs(self, engine: Engine) -> bool:
         return len(engine.tasks) > self.first_task
 
@@ -364,6 +367,9 @@ class RefreshPrototypes:
     name: str = "refresh prototypes"
     first_task: int = 0
     drift: str = "fixed"
+
+    def __post_init__(self) -> None:
+        assert self.drift in choices("cml.prototype_drift"), self
 
     def runs(self, engine: Engine) -> bool:
         return len(engine.tasks) > self.first_task

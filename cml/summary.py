@@ -77,7 +77,7 @@ def relation_difficulties(space, relations: list[str]) -> list[float]:
     return [space.relation_difficulty(r, [b for b in relations if b != r]) for r in relations]
 
 
-def forgetting_sources(grid: Grid, experiment: Experiment, relation_accuracy: torch.Tensor, top: int = 15) -> dict:
+def forgetting_sources(grid: Grid, experiment: Experiment, per_run: torch.Tensor, top: int = 15) -> dict:
     """Where forgetting comes from, per method (docs/method.md, "Metrics").
 
     - confusions: the errors on old relations after the last task, summed over runs: true old
@@ -85,7 +85,8 @@ def forgetting_sources(grid: Grid, experiment: Experiment, relation_accuracy: to
       in which the predicted relation arrived after the true one (a later relation taking it over);
     - threat against forgetting: per run and relation (those of the last task have nothing after
       them), threat(r) = mean similarity of r to the relations that arrive after it in that order,
-      against r's forgetting in that run; the Spearman rho over the pooled (run, relation) points.
+      against r's forgetting in that run (`per_run`, [runs, relations]: `metrics.unit_forgetting`);
+      the Spearman rho over the pooled (run, relation) points.
     """
     space, relations = experiment.space, experiment.dataset.relations
     names = getattr(experiment.dataset, "relation_names", {})
@@ -93,7 +94,6 @@ def forgetting_sources(grid: Grid, experiment: Experiment, relation_accuracy: to
     counts: dict[tuple[str, str], int] = {}
     later: dict[tuple[str, str], int] = {}
     threat, forgetting = [], []
-    per_run = metrics.unit_forgetting(relation_accuracy)  # [runs, R]
     for r, cell in enumerate(runs_of(grid)):
         arrival = {rel: k for k, row in enumerate(cell) for rel in row["relations"]}
         for true, predicted in cell[-1].get("confusions", {}).items():
@@ -172,8 +172,8 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
     task_forgetting = metrics.forgetting(acc).view(O, S, K - 1).mean(1) if K > 1 else None  # [O, K - 1]
     tau = metrics.curriculumness(difficulty) if K > 1 else torch.zeros(O, dtype=torch.float64)
     relations = experiment.dataset.relations
-    relation_accuracy = relation_accuracy_tensor(grid, relations)
-    relation_forgetting = torch.nanmean(metrics.unit_forgetting(relation_accuracy), dim=0)
+    forgetting_per_run = metrics.unit_forgetting(relation_accuracy_tensor(grid, relations))
+    relation_forgetting = torch.nanmean(forgetting_per_run, dim=0)
     relation_difficulty = torch.tensor(relation_difficulties(experiment.space, relations), dtype=torch.float64)
     forgettable = ~torch.isnan(relation_forgetting)
     sp = lambda values: dataclasses.asdict(metrics.spread(values))
@@ -222,7 +222,7 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
             "forgetting": relation_forgetting[forgettable].tolist(),
             "rho": as_dict(metrics.correlation(relation_difficulty[forgettable], relation_forgetting[forgettable])),
         },
-        "forgetting_sources": forgetting_sources(grid, experiment, relation_accuracy),
+        "forgetting_sources": forgetting_sources(grid, experiment, forgetting_per_run),
         "order_curriculumness": tau.tolist(),
         "rho_o": as_dict(metrics.correlation(tau, whole[:, :, -1].mean(1))) if K > 1 else None,
         "seconds": seconds,

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from cml.memory import allocate, select_prototypes
 from cml.meta import path_gradient
 from cml.methods import CML_PARTS
+from cml.metrics import unit_forgetting
 from cml.prototypes import Prototypes
 from cml.relations import RelationSpace
 from cml.stages import SelectMemory, Train, threat_weights
@@ -288,7 +289,7 @@ def test_forgetting_sources_by_hand():
         {"a": {"b": 2}, "c": {"a": 1}},
     )
     grid = [[run0], [run1]]
-    sources = forgetting_sources(grid, experiment, relation_accuracy_tensor(grid, relations))
+    sources = forgetting_sources(grid, experiment, unit_forgetting(relation_accuracy_tensor(grid, relations)))
     got = {
         (c["true"], c["predicted"]): (c["count"], c["similarity"], c["predicted_later"]) for c in sources["confusions"]
     }
