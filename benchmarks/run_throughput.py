@@ -24,7 +24,7 @@ from cml.timing import ENCODER_PHASES, TRAIN_PHASE, PhaseTimer
 
 header()
 args = parser().parse_args(sys.argv[1:])
-config = config_from_args(args)
+config, _ = config_from_args(args)
 start = time.perf_counter()
 experiment = build_experiment(config)
 timer = PhaseTimer(sync=True)

@@ -46,12 +46,13 @@ class Cell(NamedTuple):
 
 
 def cells(config: RunConfig, experiment: Experiment) -> list[Cell]:
-    """Every (method, order, seed) of the run, in the order they run."""
+    """Every (method, order, seed) of the run, in the order they run: the methods side by side
+    on each order and seed, so that a grid stopped part-way holds cells the report can pair."""
     return [
         Cell(method, o, seed)
-        for method in config.train.methods
         for seed in config.run_seeds()
         for o in range(len(experiment.orders))
+        for method in config.train.methods
     ]
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cml.config import Option, RunConfig, load_config, options
+from cml.config import DataConfig, Option, RunConfig, load_config, options
 from cml.errors import CMLInputError, DivergedError
 
 
@@ -39,18 +39,52 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The config file (for --resume: the run's own config.yaml unless --config is given), then the flags."""
+ROOT = Path(__file__).resolve().parents[1]  # the project
+SHIPPED = ROOT / "configs"
+
+
+def shipped_config(dataset: str, device: str) -> tuple[Path | None, str]:
+    """The config a dataset named without --config starts from: the file shipped for it
+    (configs/NAME.yaml, its budget for a CPU), or on a GPU its literature protocol
+    (configs/NAME-paper.yaml) where one is shipped; and why, for the plan."""
+    from cml.device import resolve_device
+
+    cpu, gpu = SHIPPED / f"{dataset}.yaml", SHIPPED / f"{dataset}-paper.yaml"
+    if resolve_device(device).type == "cuda" and gpu.exists():
+        return gpu, f"the literature protocol shipped for --dataset {dataset}, on this GPU"
+    if cpu.exists():
+        why = f"the budget shipped for --dataset {dataset} on a CPU"
+        return cpu, why + (f" ({gpu.name} is the literature protocol, for a GPU)" if gpu.exists() else "")
+    return None, f"no config is shipped for --dataset {dataset}: the built-in defaults"
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, str]:
+    """The config file, then the flags; and where the settings came from, for the plan. The file
+    is --config; for --resume, the run's own config.yaml; for a dataset named with neither, the
+    file shipped for it (`shipped_config`). The default dataset (demo) keeps the built-in
+    defaults, so that `--dataset demo` runs what no flag at all runs."""
     overrides: dict[str, dict] = {}
     for opt in options():
         overrides.setdefault(opt.section, {})[opt.name] = getattr(args, opt.key)
-    base = args.config
+    base, origin = args.config, f"{args.config}, then the flags given" if args.config else "the built-in defaults"
     if args.resume:
         overrides[""]["output"] = args.resume
         base = base or Path(args.resume) / "config.yaml"
+        origin = f"{base} (the run's own), then the flags given"
         if not Path(base).exists():
             raise CMLInputError("no config.yaml: not a run directory to resume", args.resume)
-    return load_config(base, overrides)
+    elif base is None and getattr(args, "data.dataset") not in (None, DataConfig().dataset):
+        base, why = shipped_config(getattr(args, "data.dataset"), args.device or "auto")
+        origin = f"{_shown(base)}: {why}, then the flags given" if base else why
+    return load_config(base, overrides), origin
+
+
+def _shown(path: Path) -> str:
+    """A shipped file as the project names it (configs/...), else its full path."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,18 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from cml.experiment import build_experiment
         from cml.report import pm
-        from cml.runner import prepare_run_dir, run
+        from cml.runner import plan_estimate, prepare_run_dir, run
 
-        config = config_from_args(args)
+        config, origin = config_from_args(args)
         if args.search_head:
             return search_head(config)
         if not args.plan_only:
             prepare_run_dir(config, resume=bool(args.resume))  # fail before any data is loaded
         experiment = build_experiment(config)
+        print(f"settings: {origin}")
+        print(f"methods: {', '.join(config.train.methods)}; {config.seeds} seed(s); encoder {config.encoder.name}")
         print(experiment.plan())
         if args.plan_only:
+            print(plan_estimate(config, experiment).describe())
             return 0
-        report = run(config, experiment, resume=bool(args.resume))
+        report = run(config, experiment, resume=bool(args.resume), origin=origin)
         print(f"report: {Path(config.output) / 'report.md'}")
         for name, m in report["methods"].items():
             print(f"  {name}: final whole accuracy {pm(m['final_whole_accuracy'])}")

@@ -26,11 +26,11 @@ from cml.timing import PhaseTimer
 # attempts after a cell's worker dies (a killed process, a lost node); a cell's own error is never retried
 MAX_RETRIES = 3
 
-Executor = Callable[[Grid, list[Cell], torch.device, Record, PhaseTimer, tqdm, bool], None]
+Executor = Callable[[Grid, list[Cell], torch.device, Record, PhaseTimer, bool], None]
 
 
 def run_local(
-    grid: Grid, todo: list[Cell], device: torch.device, record: Record, timer: PhaseTimer, bar: tqdm, progress: bool
+    grid: Grid, todo: list[Cell], device: torch.device, record: Record, timer: PhaseTimer, progress: bool
 ) -> None:
     """The cells in order, in this process, on `device`, each from the model's initial weights."""
     initial = copy.deepcopy(grid.model.state_dict())
@@ -40,7 +40,6 @@ def run_local(
         for cell in todo:
             grid.model.load_state_dict(initial)
             run_cell(grid, cell, device, record, timer, progress)
-            bar.update()
     finally:
         torch.set_num_threads(threads)
 
@@ -55,7 +54,7 @@ def ray_cell(grid: Grid, cell: Cell) -> tuple[list[dict], PhaseTimer]:
 
 
 def run_ray(
-    grid: Grid, todo: list[Cell], device: torch.device, record: Record, timer: PhaseTimer, bar: tqdm, progress: bool
+    grid: Grid, todo: list[Cell], device: torch.device, record: Record, timer: PhaseTimer, progress: bool
 ) -> None:
     """Every cell at once as a Ray task holding `cpus_per_cell` CPUs and `gpus_per_cell` GPUs;
     Ray runs as many together as the cluster holds. Rows are recorded as each cell finishes.
@@ -85,7 +84,6 @@ def run_ray(
             for row in rows:
                 record(row)
             timer.add(cell_timer)
-            bar.update()
             if progress:
                 tqdm.write(
                     f"[{method}] order {o} seed {seed}: final whole acc {100 * TaskResult.from_row(rows[-1]).whole_accuracy:.1f} "

@@ -141,6 +141,12 @@ def markdown(report: dict) -> str:
     lines += order_sensitivity(methods)
     lines += forgetting_sources(methods)
     lines += ["", "## Where the time went", "", "In this invocation (a resumed run counts only what it ran).", ""]
+    if report.get("wall"):
+        w = report["wall"]
+        lines += [
+            f"Wall time {w['seconds']:.0f} s, against {w['estimated_seconds']:.0f} s estimated before the cells ran.",
+            "",
+        ]
     lines += table(
         ["phase", "seconds", "examples", "examples/s"],
         [
@@ -411,9 +417,11 @@ def _scatter(plt, path: Path, series: dict, xlabel: str, ylabel: str, title: str
     plt.close(fig)
 
 
-def write_report(run_dir: Path, config: RunConfig, experiment: Experiment, rows: dict, timings: dict) -> dict:
+def write_report(
+    run_dir: Path, config: RunConfig, experiment: Experiment, rows: dict, timings: dict, wall: dict | None = None
+) -> dict:
     """report.json, report.md and the plots of a run; returns the report's data."""
-    report = summarize(config, experiment, rows, timings)
+    report = summarize(config, experiment, rows, timings, wall)
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
     (run_dir / "report.md").write_text(markdown(report))
     plot(report, run_dir)

@@ -13,6 +13,7 @@ import copy
 import importlib.util
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -20,13 +21,14 @@ import yaml
 from tqdm import tqdm
 
 from cml.cache import cache_dir
-from cml.cells import CHECKPOINTS, LOGS, Grid, cells
+from cml.cells import CHECKPOINTS, LOGS, Cell, Grid, cells
 from cml.config import RunConfig
 from cml.data.records import MARKERS
 from cml.device import release_freed_memory, resolve_device, resolve_precision
 from cml.encoder import RelationEncoder, load_backbone, load_tokenizer
 from cml.engine import EncodedData, MethodContext
 from cml.errors import CMLInputError
+from cml.estimate import Estimate, estimate_run
 from cml.executors import EXECUTORS
 from cml.experiment import Experiment
 from cml.frozen import frozen_states_cached
@@ -154,15 +156,21 @@ def run(
     resume: bool = False,
     progress: bool = True,
     timer: PhaseTimer | None = None,
+    origin: str | None = None,
 ) -> dict:
     """Run every cell not finished yet; returns the report (also written to the run directory).
-    `timer` collects where the time goes (the report holds its totals)."""
+    `timer` collects where the time goes (the report holds its totals); `origin`, where the
+    settings came from, heads config.yaml (a resumed run keeps the first run's)."""
 
+    began = time.perf_counter()
     config, device = resolved(config)
     timer = timer or PhaseTimer()
     run_dir = prepare_run_dir(config, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    saved = run_dir / CONFIG_FILE
+    header = "".join(line for line in saved.read_text().splitlines(True) if line.startswith("#")) if resume else ""
+    header = header or (f"# settings: {origin}\n" if origin else "")
+    saved.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
     (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
     (run_dir / LOGS).mkdir(exist_ok=True)
     if progress:
@@ -172,11 +180,15 @@ def run(
     release_freed_memory()
     grid = Grid(config, [order.tasks for order in experiment.orders], model, data, context, run_dir)
     rows = read_results(run_dir)
-    every = cells(config, experiment)
-    todo = [cell for cell in every if any((*cell, k) not in rows for k in range(len(grid.orders[cell.order])))]
+    todo = unfinished(config, experiment, rows)
+    with timer("estimate"):
+        estimate = estimate_run(todo, grid.orders, model, data, config, context, device)
+    if progress:
+        tqdm.write(estimate.describe())
+    tasks = len(cells(config, experiment)) * len(grid.orders[0])
     with (
         (run_dir / RESULTS_FILE).open("a") as log,
-        tqdm(total=len(every), initial=len(every) - len(todo), desc="cells", disable=not progress) as bar,
+        tqdm(total=tasks, initial=len(rows), desc="tasks of all cells", disable=not progress) as bar,
     ):
 
         def record(row: dict) -> None:
@@ -186,6 +198,23 @@ def run(
                 rows[key] = row
                 log.write(json.dumps(row) + "\n")
                 log.flush()
+                bar.update()
 
-        EXECUTORS[config.executor.name](grid, todo, device, record, timer, bar, progress)
-    return write_report(run_dir, config, experiment, rows, timer.summary())
+        EXECUTORS[config.executor.name](grid, todo, device, record, timer, progress)
+    wall = {"estimated_seconds": round(estimate.seconds, 1), "seconds": round(time.perf_counter() - began, 1)}
+    return write_report(run_dir, config, experiment, rows, timer.summary(), wall)
+
+
+def unfinished(config: RunConfig, experiment: Experiment, rows: dict) -> list[Cell]:
+    """The cells with a task not in `rows` yet."""
+    tasks = len(experiment.orders[0].tasks)
+    return [cell for cell in cells(config, experiment) if any((*cell, k) not in rows for k in range(tasks))]
+
+
+def plan_estimate(config: RunConfig, experiment: Experiment) -> Estimate:
+    """What `run` would estimate, without running: the learner is built (its caches stay for the run)."""
+    config, device = resolved(config)
+    model, data, context = build_learner(config, experiment, device)
+    rows = read_results(Path(config.output))
+    orders = [order.tasks for order in experiment.orders]
+    return estimate_run(unfinished(config, experiment, rows), orders, model, data, config, context, device)

@@ -254,9 +254,9 @@ def comparisons(reports: dict[str, dict]) -> list[dict]:
     ]
 
 
-def summarize(config: RunConfig, experiment: Experiment, rows: dict, timings: dict) -> dict:
+def summarize(config: RunConfig, experiment: Experiment, rows: dict, timings: dict, wall: dict | None = None) -> dict:
     """The whole report as plain data. `timings`: seconds and examples per phase of this
-    invocation (`PhaseTimer.summary`)."""
+    invocation (`PhaseTimer.summary`); `wall`: its wall seconds and the estimate made before it."""
     ds = experiment.dataset
     seeds = config.run_seeds()
     K = len(experiment.orders[0].tasks)
@@ -280,6 +280,7 @@ def summarize(config: RunConfig, experiment: Experiment, rows: dict, timings: di
         "config": config.to_dict(),
         "methods": methods,
         "comparisons": comparisons(methods) if len(experiment.orders) * len(seeds) > 1 else [],
+        "wall": wall,
         "timings": {  # slowest phase first
             phase: {
                 **t,

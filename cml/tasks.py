@@ -91,7 +91,7 @@ def make_orders(
                 f"--tasks {n_tasks} conflicts with task_orders.json ({file_tasks} tasks): "
                 "drop --tasks, or use --order-protocol random or cyclic"
             )
-        given = [TaskOrder(tasks, "task_orders.json") for tasks in dataset.task_orders][:n_orders]
+        given = [TaskOrder(tasks, "the dataset's own") for tasks in dataset.task_orders][:n_orders]
         return given + [random_order(dataset.relations, n_tasks, i) for i in range(len(given), n_orders)]
     if split == "clustered":
         groups = balanced_clusters(relation_vectors, n_tasks, STANDARD_SEED)

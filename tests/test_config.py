@@ -12,7 +12,9 @@ from cml.errors import CMLInputError
 def test_flags_override_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("seed: 7\ndata:\n  orders: 3\n  dataset: demo\ntrain:\n  epochs: 4\n")
-    config = config_from_args(parser().parse_args(["--config", str(path), "--orders", "2", "--method", "replay,joint"]))
+    config, _ = config_from_args(
+        parser().parse_args(["--config", str(path), "--orders", "2", "--method", "replay,joint"])
+    )
     assert (config.seed, config.data.orders, config.train.epochs) == (7, 2, 4)
     assert config.train.methods == ["replay", "joint"]
 
@@ -61,7 +63,7 @@ def wrong(opt):
 def test_every_option_has_a_flag_a_yaml_key_and_validation_that_agree(tmp_path, opt):
     value, text = sample(opt)
     ray = [] if opt.key == "executor.name" else ["--executor", "ray"]  # so that ray-only options are allowed
-    config = config_from_args(parser().parse_args([*ray, opt.flag, *text]))
+    config, _ = config_from_args(parser().parse_args([*ray, opt.flag, *text]))
     assert opt.get(config) == value
 
     def yaml_with(v, ray=bool(ray)):
@@ -152,3 +154,47 @@ def test_a_config_built_in_python_is_validated_before_a_run_writes_anything(tmp_
     with pytest.raises(CMLInputError, match=r"train.head is .*missing.json: genotype file not found"):
         prepare_run_dir(config, resume=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_named_dataset_without_a_config_starts_from_the_file_shipped_for_it(monkeypatch):
+    import torch
+
+    from cml.cli import SHIPPED
+
+    config, origin = config_from_args(parser().parse_args(["--dataset", "fewrel", "--method", "cml"]))
+    shipped = load_config(SHIPPED / "fewrel.yaml")
+    shipped.train.methods = ["cml"]  # the flags still win
+    assert config == shipped
+    assert origin.startswith("configs/fewrel.yaml: the budget shipped for --dataset fewrel on a CPU")
+    assert "fewrel-paper.yaml is the literature protocol" in origin
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config, origin = config_from_args(parser().parse_args(["--dataset", "tacred"]))
+    assert config == load_config(SHIPPED / "tacred-paper.yaml") and "literature protocol" in origin
+
+    config, origin = config_from_args(parser().parse_args(["--dataset", "demo"]))
+    assert config == load_config(None, {"data": {"dataset": "demo"}}) and origin == "the built-in defaults"
+
+
+def test_the_run_records_where_its_settings_came_from(monkeypatch, tmp_path, capsys):
+    import cml.cli
+    from cml.data import DATASETS, make_demo
+
+    monkeypatch.setattr(cml.cli, "SHIPPED", tmp_path)
+    monkeypatch.setitem(DATASETS, "mine", lambda directory, seed: make_demo())
+    (tmp_path / "mine.yaml").write_text(
+        "data: {max_per_relation: 6, orders: 1}\nencoder: {name: tiny, freeze_layers: 1}\n"
+        "train: {methods: [replay], epochs: 1}\n"
+    )
+    out = tmp_path / "run"
+    assert main(["--dataset", "mine", "--output", str(out)]) == 0
+    assert f"settings: {tmp_path / 'mine.yaml'}: the budget shipped for --dataset mine" in capsys.readouterr().out
+    header = (out / "config.yaml").read_text().splitlines()[0]
+    assert (
+        header
+        == f"# settings: {tmp_path / 'mine.yaml'}: the budget shipped for --dataset mine on a CPU, then the flags given"
+    )
+    saved = load_config(out / "config.yaml")
+    assert saved.train.methods == ["replay"] and saved.encoder.name == "tiny"
+    assert main(["--resume", str(out)]) == 0  # a resumed run keeps the first run's header
+    assert (out / "config.yaml").read_text().splitlines()[0] == header

@@ -4,9 +4,8 @@ import pytest
 
 from cml.cli import main
 from cml.data import load_dataset
-from cml.data.fewrel import download_fewrel, load_fewrel_dir
+from cml.data.fewrel import load_fewrel_dir
 from cml.data.tacred import load_tacred_dir
-from cml.errors import CMLInputError
 from tests.conftest import shared
 
 
@@ -118,26 +117,6 @@ def test_unknown_dataset_name(capsys):
 def test_missing_config_file(capsys, tmp_path):
     assert main(["--config", str(tmp_path / "none.yaml"), "--plan-only"]) == 2
     assert "none.yaml: config file not found" in capsys.readouterr().err
-
-
-def test_download_checks_files_and_explains_offline(tmp_path):
-    source = tmp_path / "mirror"
-    source.mkdir()
-    write_fewrel(source / "train_wiki.json", n_relations=64, prefix="X")
-    (source / "val_wiki.json").write_text(shared("fewrel-raw", "val_wiki.json").read_text())
-    (source / "pid2name.json").write_text(shared("fewrel-raw", "pid2name.json").read_text())
-    target = tmp_path / "fewrel"
-    download_fewrel(target, source.as_uri())
-    ds = load_dataset("fewrel", target, seed=0)
-    assert len(ds.relations) == 80 and (target / "val_wiki.json").exists()
-
-    (source / "val_wiki.json").write_text("{}")  # corrupted mirror: checksum fails, nothing kept
-    with pytest.raises(CMLInputError, match="checksum mismatch"):
-        download_fewrel(tmp_path / "again", source.as_uri())
-    assert not (tmp_path / "again" / "val_wiki.json").exists()
-
-    with pytest.raises(CMLInputError, match="put train_wiki.json, val_wiki.json"):
-        download_fewrel(tmp_path / "offline", (tmp_path / "nowhere").as_uri())
 
 
 def test_tacred_protocol(tmp_path):

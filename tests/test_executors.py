@@ -40,7 +40,7 @@ def numbers(report: dict) -> dict:
     speed = ("seconds", "train_examples_per_second")
     methods = {m: {k: v for k, v in r.items() if k not in speed} for m, r in report["methods"].items()}
     config = {k: v for k, v in report["config"].items() if k not in ("output", "executor")}
-    return {**report, "methods": methods, "config": config, "timings": None}
+    return {**report, "methods": methods, "config": config, "timings": None, "wall": None}
 
 
 def log_lines(run_dir, cell: str) -> list[str]:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from cml.data.cre import MARKED_FILES, is_cear, load_cear, load_marked
 from cml.data.demo import make_demo
-from cml.data.fewrel import PRESPLIT_FILES, RAW_FILES, download_fewrel, load_fewrel_dir, load_fewrel_file
+from cml.data.download import CEAR_FEWREL, STANDARD_FEWREL, fetch, missing
+from cml.data.fewrel import PRESPLIT_FILES, RAW_FILES, load_fewrel_dir, load_fewrel_file
 from cml.data.hub import PREFIX as HUB_PREFIX
 from cml.data.hub import load_hub_dataset
 from cml.data.records import RelationDataset, RelationExample
@@ -60,13 +61,22 @@ def _demo(directory: Path, seed: int) -> RelationDataset:
 
 @register("fewrel")
 def _fewrel(directory: Path, seed: int) -> RelationDataset:
-    if not _has_fewrel(directory):
-        download_fewrel(directory)
-    return load_fewrel_dir(directory, seed)
+    """FewRel's own JSON where the directory holds it (pre-split, or the raw release, which gets a
+    seeded split of its own); else the standard continual-RE split, downloaded where missing."""
+    if _has_fewrel(directory):
+        return load_fewrel_dir(directory, seed)
+    if missing((CEAR_FEWREL,), directory):
+        fetch(STANDARD_FEWREL, directory)
+    return load_cear(directory)
 
 
 @register("tacred")
 def _tacred(directory: Path, seed: int) -> RelationDataset:
+    """The LDC release, or the continual-RE split files of CRL or CEAR placed in the directory."""
+    if (directory / "data_with_marker_tacred.json").exists():
+        return load_marked(directory / "data_with_marker_tacred.json")
+    if is_cear(directory):
+        return load_cear(directory)
     return load_tacred_dir(directory)
 
 

@@ -15,7 +15,8 @@ CEAR ships the same cut pre-made: `task_order.json` (a list of orders, each {"T1
 ...}) and `Exp{e}/task_{k}_{train,val,test}.json`, `{relation: [{"relation": label, "tokens":
 [word-piece ids]}]}` in bert-base-uncased ids (101 [CLS] ... 102 [SEP], padded with 0; 30522 to
 30525 the markers). The split of Exp0 (seed 2021) is loaded for every order; its ids become
-words again through the bert-base-uncased vocabulary, which the offline MiniLM shares.
+words again through the bert-base-uncased vocabulary, which the offline MiniLM shares. This is the
+split `--dataset fewrel` downloads (cml/data/download.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cml.data.fewrel import check_task_orders
+from cml.data.fewrel import check_task_orders, relation_names
 from cml.data.io import read_by_relation, read_json
 from cml.data.records import MARKERS, RelationDataset, RelationExample
 from cml.data.tacred import PTB_BRACKETS
@@ -170,4 +171,5 @@ def load_cear(directory: Path) -> RelationDataset:
     source = f"{directory} (CEAR format, {CEAR_SPLIT})"
     ds = RelationDataset(directory.name, splits["train"], splits["val"], splits["test"], relations, source=source)
     ds.task_orders = orders
+    ds.relation_names = relation_names(directory)  # FewRel's pid2name.json, where it is beside them
     return ds

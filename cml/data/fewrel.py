@@ -1,4 +1,4 @@
-"""FewRel in its JSON format: pre-split directories, the raw distribution, single files, download.
+"""FewRel in its JSON format: pre-split directories, the raw distribution, single files.
 
 FewRel JSON is `{relation: [{"tokens": [...], "h": [mention, entity_id, [[positions]]], "t": ...}]}`.
 A mention may occur several times; the first occurrence is the marked one (as in FewRel's own
@@ -7,12 +7,8 @@ tooling).
 
 from __future__ import annotations
 
-import os
 import random
-import urllib.error
 from pathlib import Path
-
-import torch
 
 from cml.data.io import read_by_relation, read_json
 from cml.data.records import RelationDataset, RelationExample
@@ -22,15 +18,6 @@ PRESPLIT_FILES = ("train.json", "test.json")  # and val.json where there is a va
 VAL_FILE = "val.json"
 RAW_FILES = ("train_wiki.json", "val_wiki.json")
 SPLIT_RATIOS = (0.6, 0.2, 0.2)  # 420 / 140 / 140 of FewRel's 700 per relation
-FEWREL_URL = "https://github.com/thunlp/FewRel/raw/master/data"
-# sha256 of the official release files. train_wiki.json's digest could not be taken on the
-# offline machine this was written on; its content is checked instead (64 relations x 700).
-CHECKSUMS: dict[str, str | None] = {
-    "train_wiki.json": None,
-    "val_wiki.json": "76bb44c2485b6faed358a3ce040eadafcc8a8835245cd7e6afc1bef672d4a0bf",
-    "pid2name.json": "eeedd25512a8e4c2bc06b78009836d27de81807bcba6ed929debd5cd713c07ea",
-}
-EXPECTED_RELATIONS = {"train_wiki.json": 64, "val_wiki.json": 16}
 
 
 def _span(entity: object, where: str, path: Path) -> tuple[str | None, tuple[int, int]]:
@@ -106,7 +93,7 @@ def check_task_orders(orders, relations: list[str], path: Path) -> list[list[lis
     return orders
 
 
-def _relation_names(directory: Path) -> dict[str, str]:
+def relation_names(directory: Path) -> dict[str, str]:
     path = directory / "pid2name.json"
     if not path.exists():
         return {}
@@ -117,7 +104,7 @@ def _with_orders(ds: RelationDataset, directory: Path) -> RelationDataset:
     orders_path = directory / "task_orders.json"
     if orders_path.exists():
         ds.task_orders = read_task_orders(orders_path, ds.relations)
-    ds.relation_names = _relation_names(directory)
+    ds.relation_names = relation_names(directory)
     return ds
 
 
@@ -147,7 +134,8 @@ def load_fewrel_dir(directory: str | Path, seed: int = 0, name: str = "fewrel") 
     for path in raw:
         per_relation.update(read_fewrel_file(path))
     train, val, test = split_by_ratio(per_relation, seed, directory)
-    ds = RelationDataset(name, train, val, test, list(per_relation), source=str(directory))
+    source = f"{directory} (raw FewRel, cut 0.6/0.2/0.2 per relation with the run's seed: not the standard continual-RE split)"
+    ds = RelationDataset(name, train, val, test, list(per_relation), source=source)
     return _with_orders(ds, directory)
 
 
@@ -157,39 +145,5 @@ def load_fewrel_file(path: str | Path, seed: int = 0) -> RelationDataset:
     per_relation = read_fewrel_file(path)
     train, val, test = split_by_ratio(per_relation, seed, path)
     ds = RelationDataset(path.stem, train, val, test, list(per_relation), source=str(path))
-    ds.relation_names = _relation_names(path.parent)
+    ds.relation_names = relation_names(path.parent)
     return ds
-
-
-def download_fewrel(directory: str | Path, base_url: str | None = None) -> None:
-    """Fetch the official FewRel 1.0 release files into `directory`, checking each one."""
-    directory = Path(directory)
-    base_url = base_url or os.environ.get("CML_FEWREL_URL", FEWREL_URL)
-    directory.mkdir(parents=True, exist_ok=True)
-    for fname in (*RAW_FILES, "pid2name.json"):
-        target = directory / fname
-        if target.exists():
-            continue
-        url = f"{base_url}/{fname}"
-        partial = target.with_suffix(".part")
-        try:  # torch.hub shows progress, checks the sha256 and leaves nothing behind on failure
-            torch.hub.download_url_to_file(url, str(partial), hash_prefix=CHECKSUMS.get(fname), progress=True)
-        except (urllib.error.URLError, OSError) as e:
-            raise CMLInputError(
-                f"could not download {url} ({getattr(e, 'reason', e)}). Without network, put "
-                f"{', '.join(RAW_FILES)} (and optionally pid2name.json) from the FewRel release "
-                f"(https://github.com/thunlp/FewRel/tree/master/data) in this directory, or point "
-                f"--data-dir at a directory holding them or a pre-split train/val/test.json",
-                directory,
-            ) from None
-        except RuntimeError as e:  # the hash
-            raise CMLInputError(f"checksum mismatch for {fname} downloaded from {url} ({e})", directory) from None
-        if fname in EXPECTED_RELATIONS:
-            n = len(read_fewrel_file(partial))
-            if n != EXPECTED_RELATIONS[fname]:
-                partial.unlink()
-                raise CMLInputError(
-                    f"{fname} from {url} has {n} relations, expected {EXPECTED_RELATIONS[fname]}; file removed",
-                    directory,
-                )
-        partial.rename(target)

@@ -54,8 +54,17 @@ def read_tacred_file(path: Path) -> list[RelationExample]:
 
 def load_tacred_dir(directory: str | Path) -> RelationDataset:
     directory = Path(directory)
-    if not directory.is_dir():
-        raise CMLInputError(f"TACRED directory not found; put {', '.join(FILES)} there", directory)
+    absent = [f for f in FILES if not (directory / f).exists()]
+    if absent:
+        raise CMLInputError(
+            f"no TACRED here (missing {', '.join(absent)}). TACRED is licensed by the LDC and is not "
+            f"downloaded: obtain it from https://catalog.ldc.upenn.edu/LDC2018T24 and put its JSON "
+            f"{', '.join(FILES)} in this directory (cut here as RP-CRE and CRL cut it). The continual-RE "
+            "split files that fit, for holders of the licence, also load here: CRL's "
+            "data_with_marker_tacred.json with id2rel_tacred.json (https://github.com/thuiar/CRL, datasets/) "
+            "or CEAR's data/tacred (task_order.json, Exp0/; https://github.com/nju-websoft/CEAR)",
+            directory,
+        )
     per_relation: dict[str, list[RelationExample]] = {}
     for fname in FILES:
         for ex in read_tacred_file(directory / fname):
