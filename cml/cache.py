@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from pathlib import Path
 
 import torch
 
 from cml.data import DEFAULT_ROOT
+from cml.errors import warn
+from cml.files import save_atomically
 
 
 def cache_dir() -> Path:
@@ -26,14 +29,17 @@ def fingerprint(*parts: object) -> str:
 
 
 def memo(path: Path | None, compute):
-    """`compute()`, saved to `path` (atomically) the first time and loaded from it after."""
+    """`compute()`, saved to `path` (atomically) the first time and loaded from it after. An
+    entry that cannot be read (cut short, overwritten, not torch's format) is derived data: it
+    is said in one line, computed again and replaced."""
     if path is None:
         return compute()
     if path.exists():
-        return torch.load(path)
+        try:
+            return torch.load(path)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+            warn(f"unreadable cache entry ({e.__class__.__name__}): computing it again", path)
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(value, tmp)
-    tmp.replace(path)
+    save_atomically(value, path)
     return value

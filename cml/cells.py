@@ -5,6 +5,7 @@ the runner (cml/runner.py) decides which."""
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import time
 import zlib
@@ -19,8 +20,9 @@ from tqdm import tqdm
 from cml.config import RunConfig
 from cml.device import release_freed_memory
 from cml.engine import EncodedData, Engine, MethodContext
-from cml.errors import DivergedError
+from cml.errors import DivergedError, warn
 from cml.experiment import Experiment
+from cml.files import save_atomically
 from cml.methods import METHODS
 from cml.model import RelationModel
 from cml.timing import TRAIN_PHASE, PhaseTimer
@@ -149,17 +151,23 @@ def _checkpoint(engine: Engine, run_dir: Path, cell: Cell, rows: list[dict], las
     if last:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_suffix(".tmp")
-    torch.save({"rows": rows, **engine.state_dict()}, tmp)
-    tmp.replace(path)
+    save_atomically({"rows": rows, **engine.state_dict()}, path)
 
 
 def _restore(engine: Engine, run_dir: Path, cell: Cell) -> list[dict]:
     """The rows of the tasks of `cell` its checkpoint holds, with the engine restored to the state
-    after them; none without a checkpoint."""
+    after them; none without a checkpoint. A checkpoint that cannot be read is said in one line
+    and the cell starts again from the initial weights, its last good state: each task's seed
+    is fixed, so it gives the same rows again, and rows already in results.jsonl are not
+    written twice."""
     path = _checkpoint_path(run_dir, cell)
     if not path.exists():
         return []
-    state = torch.load(path, weights_only=False)
+    try:
+        state = torch.load(path, weights_only=False)
+        rows = state["rows"]
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as e:
+        warn(f"unreadable checkpoint ({e.__class__.__name__}): {cell.name} starts again from the initial weights", path)
+        return []
     engine.load_state_dict(state)
-    return state["rows"]
+    return rows

@@ -12,7 +12,9 @@ from cml.errors import CMLInputError, DivergedError
 
 def _help(opt: Option) -> str:
     shown = ",".join(opt.default) if isinstance(opt.default, list) else opt.default
-    return opt.help if shown in (None, False) else f"{opt.help} (default {shown})"
+    said = [opt.domain.words()] if opt.domain else []
+    said += [] if shown in (None, False) else [f"default {shown}"]
+    return f"{opt.help} ({'; '.join(said)})" if said else opt.help
 
 
 PARSE = {int: int, float: float, str: str, list: lambda s: [m.strip() for m in s.split(",") if m.strip()]}

@@ -27,18 +27,58 @@ from cml.nas.search import SearchConfig
 HEADS = ("projection", "linear", "mlp")
 
 
+@dataclass(frozen=True)
+class Interval:
+    """The values a numeric option allows, written as in mathematics: "[1, inf)", "(0, 1]"."""
+
+    low: float
+    high: float
+    low_open: bool
+    high_open: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Interval:
+        left, right = text[0], text[-1]
+        low, high = (float(part) for part in text[1:-1].split(","))
+        assert left in "[(" and right in "])" and low < high, text
+        return cls(low, high, left == "(", right == ")")
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        return (
+            f"{'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}{')' if self.high_open else ']'}"
+        )
+
+    def words(self) -> str:
+        """How an error and the help say it."""
+        if self.high == float("inf"):
+            return f"{'above' if self.low_open else 'at least'} {_number(self.low)}"
+        if not (self.low_open or self.high_open):
+            return f"between {_number(self.low)} and {_number(self.high)}"
+        return f"in {self}"
+
+
+def _number(x: float) -> str:
+    return "inf" if x == float("inf") else str(int(x)) if x == int(x) else str(x)
+
+
 def option(
     default: Any,
     help: str,
     *,
     choices: tuple | None = None,
     flag: str | None = None,
-    low: float | None = None,
+    domain: str | None = None,
     check: Callable[[Any], str | None] | None = None,
 ):
-    """A config field with everything the CLI, the YAML loader and validation need. `check`
-    returns what is wrong with a value (None: nothing), for what choices and bounds cannot say."""
-    metadata = {"help": help, "choices": choices, "flag": flag, "low": low, "check": check}
+    """A config field with everything the CLI, the YAML loader and validation need. `domain` is
+    the interval a number must lie in (`Interval`); `check` returns what is wrong with a value
+    (None: nothing), for what choices and a domain cannot say."""
+    metadata = {"help": help, "choices": choices, "flag": flag, "domain": domain, "check": check}
     metadata = {k: v for k, v in metadata.items() if v is not None}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -72,12 +112,17 @@ class DataConfig:
         "pre-split or raw directory), RP-CRE / CRL's data_with_marker*.json, or CEAR's data directory",
     )
     data_dir: str | None = option(None, "directory of the dataset's files (default $CML_DATA_DIR, else data/<dataset>)")
-    max_per_relation: int | None = option(None, "cap on training examples per relation, for quick runs", low=1)
+    max_per_relation: int | None = option(
+        None, "cap on training examples per relation, for quick runs", domain="[1, inf)"
+    )
     n_tasks: int | None = option(
-        None, "number of tasks (default: the dataset's task_orders.json, else 10; demo 5)", flag="--tasks", low=1
+        None,
+        "number of tasks (default: the dataset's task_orders.json, else 10; demo 5)",
+        flag="--tasks",
+        domain="[1, inf)",
     )
     task_split: str = option("random", "how relations are cut into tasks", choices=("random", "clustered"))
-    orders: int = option(5, "number of task orders", low=1)
+    orders: int = option(5, "number of task orders", domain="[1, inf)")
     order_protocol: str | None = option(
         None,
         "where orders come from: file (task_orders.json), random (seeds 2021 + 100 i) or cyclic (shifts of one "
@@ -99,8 +144,10 @@ class EncoderConfig:
         "minilm (offline all-MiniLM-L6-v2), tiny (random, for tests), a local path or a hub id",
         flag="--encoder",
     )
-    max_length: int = option(128, "maximum word pieces per sentence", low=8)
-    freeze_layers: int = option(0, "freeze the embeddings and this many bottom encoder layers (0: train all)", low=0)
+    max_length: int = option(128, "maximum word pieces per sentence", domain="[8, inf)")
+    freeze_layers: int = option(
+        0, "freeze the embeddings and this many bottom encoder layers (0: train all)", domain="[0, inf)"
+    )
     marker_init: str = option(
         "punct",
         "entity-marker embeddings: punct ([E11]/[E12] from '@', [E21]/[E22] from '#') or random",
@@ -111,22 +158,26 @@ class EncoderConfig:
 @dataclass
 class TrainConfig:
     methods: list[str] = option(["finetune", "replay", "joint"], "comma list of methods", flag="--method")
-    epochs: int = option(2, "epochs of the learn stage", low=0)
-    consolidate_epochs: int = option(10, "epochs of the consolidation stage (crl, cear, cml)", low=0)
-    batch_size: int = option(16, "training batch size", low=1)
-    eval_batch_size: int | None = option(None, "evaluation batch size (default: 128 on a CPU, 1024 on a GPU)", low=1)
+    epochs: int = option(2, "epochs of the learn stage", domain="[0, inf)")
+    consolidate_epochs: int = option(10, "epochs of the consolidation stage (crl, cear, cml)", domain="[0, inf)")
+    batch_size: int = option(16, "training batch size", domain="[1, inf)")
+    eval_batch_size: int | None = option(
+        None, "evaluation batch size (default: 128 on a CPU, 1024 on a GPU)", domain="[1, inf)"
+    )
     length_window: int = option(
-        50, "training batches are sorted by length within windows of this many (1: no sorting)", low=1
+        50, "training batches are sorted by length within windows of this many (1: no sorting)", domain="[1, inf)"
     )
     precision: str = option(
         "auto",
         "bf16 autocast or fp32; auto: bf16 where the GPU or CPU multiplies bf16 natively",
         choices=("auto", "bf16", "fp32"),
     )
-    lr: float = option(5e-5, "learning rate of the encoder")
-    projection_lr: float | None = option(None, "learning rate of the h and z projections (default: --lr, as CEAR)")
-    head_lr: float = option(1e-3, "learning rate of the classifier")
-    memory_size: int = option(10, "memory examples kept per relation", low=1)
+    lr: float = option(5e-5, "learning rate of the encoder", domain="(0, inf)")
+    projection_lr: float | None = option(
+        None, "learning rate of the h and z projections (default: --lr, as CEAR)", domain="(0, inf)"
+    )
+    head_lr: float = option(1e-3, "learning rate of the classifier", domain="(0, inf)")
+    memory_size: int = option(10, "memory examples kept per relation", domain="[1, inf)")
     head: str = option(
         "projection",
         "projection (Linear-GELU-LayerNorm), linear, mlp, or a genotype.json of --search-head",
@@ -137,14 +188,18 @@ class TrainConfig:
         "test-time classifier for every method: linear, ncm (nearest prototype), ensemble; auto: each method's own",
         choices=("auto", "linear", "ncm", "ensemble"),
     )
-    alpha: float = option(0.5, "ensemble weight of the linear head: alpha P_linear + (1 - alpha) P_ncm")
-    beta: float = option(0.5, "prototype weight of the dynamic (memory) mean: (1 - beta) static + beta dynamic")
+    alpha: float = option(
+        0.5, "ensemble weight of the linear head: alpha P_linear + (1 - alpha) P_ncm", domain="[0, 1]"
+    )
+    beta: float = option(
+        0.5, "prototype weight of the dynamic (memory) mean: (1 - beta) static + beta dynamic", domain="[0, 1]"
+    )
     augment: str = option(
         "full",
         "memory augmentation of cear and cml: none, swap (entity swap) or full (swap + concatenation)",
         choices=("none", "swap", "full"),
     )
-    augment_max_length: int = option(256, "word pieces of a concatenated sentence at most", low=8)
+    augment_max_length: int = option(256, "word pieces of a concatenated sentence at most", domain="[8, inf)")
 
 
 @dataclass
@@ -156,18 +211,25 @@ class CMLConfig:
         "entity types: auto (the dataset's, else induced), dataset, induced, or a KG type map (JSON: entity id -> types)",
         check=_types_source,
     )
-    n_types: int = option(32, "clusters for induced types", low=2)
+    n_types: int = option(32, "clusters for induced types", domain="[2, inf)")
     similarity: str = option(
         "kl", "relation similarity: kl (exp(-symmetrised KL / tau)) or cosine", choices=("kl", "cosine")
     )
     tau: float | None = option(
-        None, "temperature of the kl similarity (default: the median off-diagonal divergence)", flag="--similarity-tau"
+        None,
+        "temperature of the kl similarity (default: the median off-diagonal divergence)",
+        flag="--similarity-tau",
+        domain="(0, inf)",
     )
     pacing: str = option("linear", "curriculum pacing", choices=("linear", "root", "step"))
-    start_fraction: float = option(0.25, "fraction of the memory available at the first curriculum step")
+    start_fraction: float = option(
+        0.25, "fraction of the memory available at the first curriculum step", domain="(0, 1]"
+    )
     direction: str = option("easy_first", "curriculum direction", choices=("easy_first", "hard_first"))
     meta_eps: float | None = option(
-        None, "Reptile step size (default: the method's own, 0.5 for cml-2021 as published, 0.9 for cml)"
+        None,
+        "Reptile step size (default: the method's own, 0.5 for cml-2021 as published, 0.9 for cml)",
+        domain="(0, 1]",
     )
     meta_schedule: str = option(
         "fixed",
@@ -204,9 +266,9 @@ class CMLConfig:
         None,
         "consolidation steps (stages on the memory) as first-order MER: sub-batches per step, each an SGD step "
         "of --meta-lr, the step taking their mean gradient along the path (1: off); default: the method's own",
-        low=1,
+        domain="[1, inf)",
     )
-    meta_lr: float = option(0.1, "inner SGD learning rate of --meta-batches", low=0)
+    meta_lr: float = option(0.1, "inner SGD learning rate of --meta-batches", domain="[0, inf)")
 
 
 @dataclass
@@ -214,19 +276,19 @@ class LossConfig:
     """The weight of every loss term (0 switches it off) and the terms' constants. Which terms a
     stage uses is part of its method (cml/methods.py)."""
 
-    ce: float = option(1.0, "cross-entropy over the seen relations")
-    supcon: float = option(1.0, "supervised contrastive loss against a feature bank (CRL)")
-    proto: float = option(1.0, "InfoNCE against the relation prototypes (CEAR)")
-    margin: float = option(0.5, "hard-negative prototype margin loss (CEAR's mu)")
-    rkd: float = option(1.0, "relational distillation, no teacher pass (CRL)")
-    fkd: float = option(1.1, "focal distillation of the linear head (CEAR's lambda2)")
-    fkd_z: float = option(0.5, "focal distillation of the prototype scores (CEAR's lambda1)")
-    margin_value: float = option(0.1, "the margin omega")
-    tau: float = option(0.1, "temperature tau1 of the contrastive terms and the ensemble")
-    analogy_tau: float = option(0.5, "temperature tau2 of the analogy weights")
-    kappa: float = option(10.0, "temperature factor of relational distillation")
-    gamma: float = option(1.25, "focusing exponent of focal distillation")
-    bank_sample: int = option(500, "bank entries per step in CRL's first stage", low=1)
+    ce: float = option(1.0, "cross-entropy over the seen relations", domain="[0, inf)")
+    supcon: float = option(1.0, "supervised contrastive loss against a feature bank (CRL)", domain="[0, inf)")
+    proto: float = option(1.0, "InfoNCE against the relation prototypes (CEAR)", domain="[0, inf)")
+    margin: float = option(0.5, "hard-negative prototype margin loss (CEAR's mu)", domain="[0, inf)")
+    rkd: float = option(1.0, "relational distillation, no teacher pass (CRL)", domain="[0, inf)")
+    fkd: float = option(1.1, "focal distillation of the linear head (CEAR's lambda2)", domain="[0, inf)")
+    fkd_z: float = option(0.5, "focal distillation of the prototype scores (CEAR's lambda1)", domain="[0, inf)")
+    margin_value: float = option(0.1, "the margin omega", domain="[0, inf)")
+    tau: float = option(0.1, "temperature tau1 of the contrastive terms and the ensemble", domain="(0, inf)")
+    analogy_tau: float = option(0.5, "temperature tau2 of the analogy weights", domain="(0, inf)")
+    kappa: float = option(10.0, "temperature factor of relational distillation", domain="(0, inf)")
+    gamma: float = option(1.25, "focusing exponent of focal distillation", domain="[0, inf)")
+    bank_sample: int = option(500, "bank entries per step in CRL's first stage", domain="[1, inf)")
 
 
 @dataclass
@@ -246,10 +308,10 @@ class ExecutorConfig:
         None,
         "threads of one cell, and the CPUs Ray reserves for it (default: all cores locally, 1 on ray); on a CPU the "
         "numbers depend on it, so equal values give equal rows on either executor",
-        low=1,
+        domain="[1, inf)",
     )
     gpus_per_cell: float = option(
-        0.0, "ray: GPUs one cell holds; a fraction lets cells share a GPU (0.25: four cells per GPU)", low=0
+        0.0, "ray: GPUs one cell holds; a fraction lets cells share a GPU (0.25: four cells per GPU)", domain="[0, inf)"
     )
 
 
@@ -263,12 +325,12 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     output: str = option("runs/latest", "run directory")
-    seed: int = option(2021, "seed of the run")
+    seed: int = option(2021, "seed of the run", domain="[0, 4294967295]")
     seeds: int = option(
         1,
         "runs of every (method, order) with seeds --seed, --seed + 1, ...: the report separates the variance of "
         "orders from that of seeds",
-        low=1,
+        domain="[1, inf)",
     )
     device: str = option("auto", "where the learner computes", choices=("auto", "cpu", "cuda"))
 
@@ -319,7 +381,7 @@ class Option:
     help: str
     flag: str
     choices: tuple | None = None
-    low: float | None = None
+    domain: Interval | None = None
     check: Callable[[Any], str | None] | None = None
 
     @property
@@ -345,8 +407,8 @@ class Option:
             )
         if self.choices is not None and value not in self.choices:
             return f"use one of {', '.join(self.choices)}"
-        if self.low is not None and value < self.low:
-            return f"it must be at least {self.low}"
+        if self.domain is not None and value not in self.domain:
+            return f"it must be {self.domain.words()}"
         return self.check(value) if self.check else None
 
 
@@ -379,7 +441,7 @@ def _options_of(cls, section: str) -> list[Option]:
                 m["help"],
                 flag,
                 m.get("choices"),
-                m.get("low"),
+                Interval.parse(m["domain"]) if "domain" in m else None,
                 m.get("check"),
             )
         )

@@ -44,7 +44,10 @@ def forgetting(acc: torch.Tensor) -> torch.Tensor:
 
 def unit_forgetting(acc: torch.Tensor) -> torch.Tensor:
     """f_u = max_{l < K} a[l][u] - a[K][u] for every unit u (task or relation) of `acc` [N, K, U],
-    NaN where a unit is not yet learned; NaN for a unit first learned at the last stage."""
+    NaN where a unit is not yet learned; NaN for a unit first learned at the last stage (so
+    every unit of a one-task run: nothing could be forgotten)."""
+    if acc.shape[1] < 2:
+        return torch.full((acc.shape[0], acc.shape[2]), torch.nan, dtype=acc.dtype)
     best = torch.nan_to_num(acc[:, :-1, :], nan=-torch.inf).amax(dim=1)
     return torch.where(torch.isinf(best), torch.nan, best - acc[:, -1, :])
 

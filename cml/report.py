@@ -76,6 +76,12 @@ def markdown(report: dict) -> str:
         (
             f"{d['relations']} relations in {d['tasks']} tasks, {d['orders']} orders x {len(seeds)} seed(s) "
             f"({', '.join(map(str, seeds))}); accuracy in %, {bounds}; std and range over all runs."
+            + (
+                " One task: nothing learned before it can be forgotten, so forgetting (F, AFR, BWT) and its "
+                "sources are not defined (-), and W is the accuracy of learning every relation at once."
+                if d["tasks"] == 1
+                else ""
+            )
         ),
         "",
         "## Comparison",

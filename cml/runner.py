@@ -27,7 +27,7 @@ from cml.data.records import MARKERS
 from cml.device import release_freed_memory, resolve_device, resolve_precision
 from cml.encoder import RelationEncoder, load_backbone, load_tokenizer
 from cml.engine import EncodedData, MethodContext
-from cml.errors import CMLInputError
+from cml.errors import CMLInputError, warn
 from cml.estimate import Estimate, estimate_run
 from cml.executors import EXECUTORS
 from cml.experiment import Experiment
@@ -103,16 +103,48 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     return run_dir
 
 
-def read_results(run_dir: Path) -> dict[tuple[str, int, int, int], dict]:
-    """Rows by (method, order, seed, task)."""
+ROW_KEYS = ("method", "order", "seed", "task")
+
+
+def read_results(run_dir: Path, mend: bool = False) -> dict[tuple[str, int, int, int], dict]:
+    """Rows by (method, order, seed, task). A last line without its newline was being written
+    when the run stopped: if it is not a whole row it is dropped with a warning (its cell's
+    checkpoint still holds the state before that task, so the task runs again and nothing is
+    lost), and with `mend` it is cut from the file so that the next row starts a line of its own.
+    A bad line anywhere else is an input error naming the file and the line."""
     path = run_dir / RESULTS_FILE
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    *lines, last = data.split(b"\n")
     rows = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[(row["method"], row["order"], row["seed"], row["task"])] = row
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            row = _row(line)
+            if row is None:
+                raise CMLInputError(f"line {i} is not a result row; remove it (its task then runs again)", path)
+            rows[tuple(row[k] for k in ROW_KEYS)] = row
+    if last.strip():
+        row = _row(last)
+        if row is not None:
+            rows[tuple(row[k] for k in ROW_KEYS)] = row
+            if mend:
+                with path.open("ab") as f:
+                    f.write(b"\n")
+        else:
+            warn(f"dropped a torn last line (line {len(lines) + 1}, {len(last)} bytes): its task runs again", path)
+            if mend:
+                os.truncate(path, len(data) - len(last))
     return rows
+
+
+def _row(line: bytes) -> dict | None:
+    """A result row, or None where the line is not one (cut short, not JSON, not UTF-8)."""
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return row if isinstance(row, dict) and all(k in row for k in ROW_KEYS) else None
 
 
 def build_model(config: RunConfig, tokenizer, n_relations: int) -> RelationModel:
@@ -179,7 +211,7 @@ def run(
         model, data, context = build_learner(config, experiment, device)
     release_freed_memory()
     grid = Grid(config, [order.tasks for order in experiment.orders], model, data, context, run_dir)
-    rows = read_results(run_dir)
+    rows = read_results(run_dir, mend=True)
     todo = unfinished(config, experiment, rows)
     with timer("estimate"):
         estimate = estimate_run(todo, grid.orders, model, data, config, context, device)

@@ -43,10 +43,24 @@ def sample(opt):
     elif opt.kind is str:
         value = {"train.head": "linear", "cml.types": "induced"}.get(opt.key, "somewhere")
     elif opt.kind is int:
-        value = int(opt.low or 0) + 3
+        value = int(opt.domain.low) + 3
     else:
         value = 0.375
     return value, [str(value)]
+
+
+def edges(opt) -> tuple[list, list]:
+    """(values at the edges of a numeric option's domain that it must accept, values just outside
+    that it must refuse): a closed edge is allowed and one step past it is not; an open edge is
+    not allowed and one step inside it is."""
+    d, inside, outside = opt.domain, [], []
+    for edge, is_open, sign in ((d.low, d.low_open, -1), (d.high, d.high_open, +1)):
+        if edge in (float("inf"), -float("inf")):
+            continue
+        step = 1 if opt.kind is int else 1e-6 * max(1.0, abs(edge))
+        inside.append(edge - sign * step if is_open else edge)
+        outside.append(edge if is_open else edge + sign * step)
+    return [int(v) if opt.kind is int else v for v in inside], [int(v) if opt.kind is int else v for v in outside]
 
 
 def wrong(opt):
@@ -54,8 +68,10 @@ def wrong(opt):
     bad = [(3, "expected") if opt.kind in (str, list) else ("many", "expected")]
     if opt.choices:
         bad.append(("nonsense", "use one of"))
-    if opt.low is not None:
-        bad.append((opt.low - 1, "at least"))
+    if opt.kind in (int, float):
+        bad += [(v, "it must be " + opt.domain.words()) for v in edges(opt)[1]]
+    if opt.kind is float:
+        bad.append((float("nan"), "it must be"))
     return bad
 
 
@@ -79,9 +95,27 @@ def test_every_option_has_a_flag_a_yaml_key_and_validation_that_agree(tmp_path, 
     assert opt.get(load_config(path)) == value
     for bad, words in wrong(opt):
         path.write_text(yaml_with(bad, ray=False))
-        with pytest.raises(CMLInputError, match=rf"c.yaml: {re.escape(opt.key)} is .*; .*{words}"):
+        with pytest.raises(CMLInputError, match=rf"c.yaml: {re.escape(opt.key)} is .*; .*{re.escape(words)}"):
             load_config(path)
+    if opt.kind in (int, float):
+        for edge in edges(opt)[0]:
+            path.write_text(yaml_with(edge))
+            assert opt.get(load_config(path)) == edge
     assert opt.help and opt.flag.startswith("--")
+
+
+@pytest.mark.parametrize("opt", [o for o in options() if o.kind in (int, float)], ids=lambda o: o.key)
+def test_every_numeric_option_declares_its_domain_and_the_help_says_it(opt):
+    from cml.cli import _help
+
+    assert opt.domain is not None, f"{opt.key} declares no domain"
+    assert f"({opt.domain.words()}" in _help(opt)
+
+
+def test_an_out_of_range_flag_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys):
+    assert main(["--lr", "-1", "--encoder", "tiny", "--output", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == "error: config: train.lr is -1.0; it must be above 0"
+    assert not (tmp_path / "run").exists()
 
 
 def test_flags_are_unique_and_every_shipped_config_loads():

@@ -40,22 +40,27 @@ class SearchConfig:
         flag="--nas-method",
     )
     relaxation: str = _option("softmax", "relaxation of the mixing weights", choices=RELAXATIONS, flag="--relaxation")
-    task: int = _option(0, "which task of order 0 the search uses", low=0)
-    nodes: int = _option(4, "intermediate nodes of the cell", low=1)
-    width: int = _option(128, "width of every node", low=1)
-    steps: int = _option(300, "architecture steps", low=1)
-    batch_size: int = _option(64, "batch size of the search", low=1)
-    w_lr: float = _option(0.05, "SGD (momentum 0.9) on the supernet weights; also the virtual step xi")
-    alpha_lr: float = _option(3e-3, "Adam on the architecture parameters")
-    neumann_terms: int = _option(5, "K of the implicit estimator", low=1)
-    neumann_gamma: float = _option(0.01, "Neumann step, below 1 / the largest Hessian eigenvalue")
-    tau0: float = _option(1.0, "start temperature of gumbel and sparse")
-    tau_min: float = _option(0.05, "end temperature of gumbel and sparse")
-    skip_limit: int | None = _option(
-        None, "stop the search once the discretised cell keeps this many skip edges", flag="--skip-limit", low=0
+    task: int = _option(0, "which task of order 0 the search uses", domain="[0, inf)")
+    nodes: int = _option(4, "intermediate nodes of the cell", domain="[1, inf)")
+    width: int = _option(128, "width of every node", domain="[1, inf)")
+    steps: int = _option(300, "architecture steps", domain="[1, inf)")
+    batch_size: int = _option(64, "batch size of the search", domain="[1, inf)")
+    w_lr: float = _option(
+        0.05, "SGD (momentum 0.9) on the supernet weights; also the virtual step xi", domain="(0, inf)"
     )
-    eval_every: int = _option(20, "steps between validation checks", low=1)
-    head_epochs: int = _option(30, "epochs of the from-scratch training that compares the heads", low=1)
+    alpha_lr: float = _option(3e-3, "Adam on the architecture parameters", domain="(0, inf)")
+    neumann_terms: int = _option(5, "K of the implicit estimator", domain="[1, inf)")
+    neumann_gamma: float = _option(0.01, "Neumann step, below 1 / the largest Hessian eigenvalue", domain="(0, inf)")
+    tau0: float = _option(1.0, "start temperature of gumbel and sparse", domain="(0, inf)")
+    tau_min: float = _option(0.05, "end temperature of gumbel and sparse", domain="(0, inf)")
+    skip_limit: int | None = _option(
+        None,
+        "stop the search once the discretised cell keeps this many skip edges",
+        flag="--skip-limit",
+        domain="[0, inf)",
+    )
+    eval_every: int = _option(20, "steps between validation checks", domain="[1, inf)")
+    head_epochs: int = _option(30, "epochs of the from-scratch training that compares the heads", domain="[1, inf)")
 
 
 @dataclass
