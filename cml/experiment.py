@@ -9,6 +9,7 @@ import numpy as np
 
 from cml.config import RunConfig
 from cml.data import RelationDataset, load_dataset
+from cml.data.checks import check_dataset
 from cml.errors import CMLInputError
 from cml.relations import RelationSpace
 from cml.tasks import TaskOrder, make_orders, resolve_protocol
@@ -84,6 +85,7 @@ def curriculum_orders(space: RelationSpace, base: TaskOrder) -> list[TaskOrder]:
 def build_experiment(config: RunConfig) -> Experiment:
     data = config.data
     dataset = load_dataset(data.dataset, data.data_dir, seed=config.seed).cap_train(data.max_per_relation)
+    check_dataset(dataset)
     if not getattr(dataset, data.eval_split):
         raise CMLInputError(
             f"--eval-split {data.eval_split}: the dataset has no {data.eval_split} split", dataset.source

@@ -23,6 +23,10 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
 def save_atomically(value: object, path: Path) -> None:
     """`torch.save(value, path)`, atomically. Saved through an open file, so the archive's inner
     name is torch's fixed one rather than the temporary file's: the same value, the same bytes."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cml.config import RunConfig
 from cml.experiment import Experiment
+from cml.files import write_text_atomically
 from cml.summary import summarize
 
 
@@ -428,7 +429,7 @@ def write_report(
 ) -> dict:
     """report.json, report.md and the plots of a run; returns the report's data."""
     report = summarize(config, experiment, rows, timings, wall)
-    (run_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (run_dir / "report.md").write_text(markdown(report))
+    write_text_atomically(run_dir / "report.json", json.dumps(report, indent=1))
+    write_text_atomically(run_dir / "report.md", markdown(report))
     plot(report, run_dir)
     return report

@@ -31,6 +31,7 @@ from cml.errors import CMLInputError, warn
 from cml.estimate import Estimate, estimate_run
 from cml.executors import EXECUTORS
 from cml.experiment import Experiment
+from cml.files import write_text_atomically
 from cml.frozen import frozen_states_cached
 from cml.methods import check_classifier, check_difficulty, check_losses, check_methods
 from cml.model import RelationModel
@@ -166,6 +167,14 @@ def encode_data(
         tokenize_cached(tokenizer, examples, ds.label_of, config.encoder.max_length, cache_dir())
         for examples in (ds.train, evaluation)
     ]
+    for name, split in zip(("training", config.data.eval_split), splits):
+        if split.cut:
+            warn(
+                f"{split.cut:,} of {len(split):,} {name} sentences are longer than --max-length "
+                f"{config.encoder.max_length} word pieces and were cut around their entities"
+                + (f"; {split.lost_markers:,} lost an entity's closing marker" if split.lost_markers else ""),
+                ds.source,
+            )
     if model.encoder.frozen_layers > 0:
         model.to(device)
         for split in splits:
@@ -202,7 +211,7 @@ def run(
     saved = run_dir / CONFIG_FILE
     header = "".join(line for line in saved.read_text().splitlines(True) if line.startswith("#")) if resume else ""
     header = header or (f"# settings: {origin}\n" if origin else "")
-    saved.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text_atomically(saved, header + yaml.safe_dump(config.to_dict(), sort_keys=False))
     (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
     (run_dir / LOGS).mkdir(exist_ok=True)
     if progress:
@@ -213,6 +222,10 @@ def run(
     grid = Grid(config, [order.tasks for order in experiment.orders], model, data, context, run_dir)
     rows = read_results(run_dir, mend=True)
     todo = unfinished(config, experiment, rows)
+    for cell in todo:
+        done = sum((*cell, k) in rows for k in range(len(grid.orders[cell.order])))
+        if done and not (run_dir / CHECKPOINTS / f"{cell.name}.pt").exists():
+            warn(f"{cell.name} has {done} rows but no checkpoint: it starts again from the initial weights", run_dir)
     with timer("estimate"):
         estimate = estimate_run(todo, grid.orders, model, data, config, context, device)
     if progress:

@@ -33,6 +33,8 @@ class EncodedSplit:
     tail_pos: torch.Tensor  # int64 [n], position of [E21]
     labels: torch.Tensor  # int64 [n]
     hidden: torch.Tensor | None = None  # fp16 [len(ids), hidden]: frozen-layer outputs, when cached
+    cut: int = 0  # sentences longer than the maximum length, cut around their entities
+    lost_markers: int = 0  # of those, the ones whose cut lost an entity's closing marker
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -129,11 +131,13 @@ def tokenize(
         empty = torch.zeros(0, dtype=torch.long)
         return EncodedSplit(torch.zeros(0, dtype=torch.int32), torch.zeros(1, dtype=torch.long), empty, empty, empty)
     encoded = tokenizer([_marked_words(ex) for ex in examples], is_split_into_words=True, add_special_tokens=True)
-    sequences, heads, tails = [], [], []
+    sequences, heads, tails, cut, lost = [], [], [], 0, 0
     for ids in encoded["input_ids"]:
         ids = np.asarray(ids, dtype=np.int32)
         if len(ids) > max_length:
             ids = _truncate(ids, tuple(int(np.flatnonzero(ids == m)[0]) for m in marker_ids), max_length)
+            cut += 1
+            lost += not all((ids == m).any() for m in marker_ids)
         heads.append(int(np.flatnonzero(ids == marker_ids[0])[0]))
         tails.append(int(np.flatnonzero(ids == marker_ids[2])[0]))
         sequences.append(ids)
@@ -144,6 +148,8 @@ def tokenize(
         head_pos=torch.tensor(heads),
         tail_pos=torch.tensor(tails),
         labels=torch.tensor([label_of[ex.relation] for ex in examples]),
+        cut=cut,
+        lost_markers=lost,
     )
 
 
@@ -151,6 +157,8 @@ def tokenize_cached(
     tokenizer, examples: list[RelationExample], label_of: dict[str, int], max_length: int, cache_dir: Path | None
 ) -> EncodedSplit:
     """`tokenize`, memoised on disk by (tokenizer vocabulary, examples, labels, max length)."""
-    key = fingerprint(tokenizer.name_or_path, len(tokenizer), max_length, sorted(label_of.items()), examples)
+    key = fingerprint(
+        tokenizer.name_or_path, len(tokenizer), max_length, sorted(label_of.items()), examples, "counts cuts"
+    )
     path = Path(cache_dir) / f"tokens-{key}.pt" if cache_dir is not None else None
     return EncodedSplit(**memo(path, lambda: vars(tokenize(tokenizer, examples, label_of, max_length))))

@@ -104,12 +104,12 @@ def test_a_worker_killed_mid_cell_is_retried_from_its_checkpoint(tmp_path, local
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_cell_that_diverges_stops_the_run_with_its_own_error(tmp_path, executor, capsys):
     config = grid_config(tmp_path / "run", executor)
-    config.train.lr = float("inf")
+    config.train.lr = 1e30  # inside the domain (0, inf), and enough to blow the weights up
     with pytest.raises(
         DivergedError, match=r"^\w+ order \d seed 3 task 0: learn stage, epoch 1, step \d+: the loss is nan$"
     ):
         run(config, build_experiment(config), progress=False)
-    args = ["--encoder", "tiny", "--max-per-relation", "8", "--orders", "1", "--method", "replay", "--lr", "inf"]
+    args = ["--encoder", "tiny", "--max-per-relation", "8", "--orders", "1", "--method", "replay", "--lr", "1e30"]
     assert main([*args, "--executor", executor, "--output", str(tmp_path / "cli")]) == 1
     err = capsys.readouterr().err
     assert "error: replay order 0 seed 2021 task 0: learn stage" in err and "Traceback" not in err

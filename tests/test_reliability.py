@@ -135,3 +135,73 @@ def test_a_one_task_run_reports_that_nothing_can_be_forgotten(tmp_path, capsys):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["methods"]["finetune"]["forgetting"] is None
     assert "One task: nothing learned before it can be forgotten" in (tmp_path / "run" / "report.md").read_text()
+
+
+def presplit(root, train, test, val=None):
+    """A pre-split FewRel directory from {relation: [(tokens, head positions, tail positions)]}."""
+    root.mkdir()
+    for name, split in (("train", train), ("test", test), ("val", val or test)):
+        data = {
+            r: [{"tokens": t, "h": ["h", None, [h]], "t": ["t", None, [tl]]} for t, h, tl in xs]
+            for r, xs in split.items()
+        }
+        (root / f"{name}.json").write_text(json.dumps(data))
+    return root
+
+
+def sentence(i, n=6):
+    return ([f"w{i}"] + [f"x{j}" for j in range(n - 1)], [0], [2])
+
+
+def plan(path, capsys, *more):
+    code = main(["--dataset", str(path), "--encoder", "tiny", "--plan-only", *more])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def test_a_dataset_without_relations_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty.json").write_text("{}")
+    code, err = plan(tmp_path / "empty.json", capsys)
+    assert code == 2 and err.strip() == f"error: {tmp_path / 'empty.json'}: the dataset has no relations"
+
+
+def test_a_relation_without_training_examples_is_an_error_and_writes_nothing(tmp_path, capsys):
+    root = presplit(tmp_path / "d", {"P1": [sentence(i) for i in range(4)], "P2": []}, {"P1": [sentence(9)]})
+    out = tmp_path / "run"
+    assert main(["--dataset", str(root), "--encoder", "tiny", "--output", str(out)]) == 2
+    assert "relation 'P2' has no training examples" in capsys.readouterr().err and not out.exists()
+
+
+def test_what_a_run_can_go_on_with_is_said_in_one_warning_each(tmp_path, capsys):
+    train = {"P1": [sentence(i) for i in range(4)], "P2": [sentence(10)], "P3": [sentence(i) for i in range(20, 24)]}
+    overlapping = (["a", "b", "c", "d"], [0, 1], [1, 2])
+    test = {"P1": [sentence(0), sentence(5)], "P2": [sentence(11)], "P3": [overlapping]}
+    code, err = plan(presplit(tmp_path / "d", train, test), capsys, "--tasks", "1")
+    assert code == 0
+    assert "1 relation(s) have a single training example (P2)" in err
+    assert "1 of 4 test examples repeat a training example" in err and "test leakage" in err
+    assert "2 examples have head and tail spans that overlap" in err  # the test and val copies
+
+
+def test_sentences_over_the_maximum_length_are_counted_with_the_markers_they_lost(tmp_path, capsys):
+    long_apart = ([f"w{j}" for j in range(40)], list(range(10)), list(range(28, 38)))  # entities far apart
+    train = {"P1": [sentence(i) for i in range(3)] + [long_apart], "P2": [sentence(i) for i in range(10, 14)]}
+    code, err = plan(
+        presplit(tmp_path / "d", train, {"P1": [sentence(5)], "P2": [sentence(15)]}),
+        capsys,
+        "--tasks",
+        "1",
+        "--max-length",
+        "32",
+        "--freeze-layers",
+        "1",
+    )
+    assert code == 0
+    assert "1 of 8 training sentences are longer than --max-length 32 word pieces" in err
+    assert "1 lost an entity's closing marker" in err
+
+
+def test_a_file_that_is_not_utf8_is_an_error_naming_it(tmp_path, capsys):
+    (tmp_path / "bad.json").write_bytes(b'{"P1": [{"tokens": ["caf\xe9"]}]}')
+    code, err = plan(tmp_path / "bad.json", capsys)
+    assert code == 2 and f"error: {tmp_path / 'bad.json'}: not UTF-8 text" in err
