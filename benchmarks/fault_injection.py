@@ -127,13 +127,18 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     began = time.perf_counter()
-    finish([*RUN, "--output", str(work / "reference")], cache)
+    reference = start([*RUN, "--output", str(work / "reference")], cache)
+    while reference.poll() is None and not (work / "reference" / "config.yaml").exists():
+        time.sleep(0.01)
+    ready = time.perf_counter() - began  # python, torch and the config: before it, a kill meets no run
+    if reference.wait() != 0:
+        raise RuntimeError(f"the uninterrupted run failed: {reference.stderr.read().strip().splitlines()[-1:]}")
     length = time.perf_counter() - began
-    print(f"uninterrupted run: {length:.1f} s")
+    print(f"uninterrupted run: {length:.1f} s, its run directory set up after {ready:.1f} s")
     rng = random.Random(args.seed)
     survived = 0
     for trial in range(args.trials):
-        delay = rng.uniform(0.5, length)
+        delay = rng.uniform(ready, length)
         ok, at = kill_trial(work, cache, delay)
         survived += ok
         print(f"kill {trial + 1}: SIGKILL after {delay:.1f} s ({at} at the kill): {'identical' if ok else 'DIFFERENT'}")

@@ -89,7 +89,36 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_cml.py report",
+        description="One report over runs made separately, as one command with all their methods would give.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with config.yaml, results.jsonl)")
+    p.add_argument("--output", required=True, help="where the merged run and its report go")
+    return p
+
+
+def report_main(argv: list[str]) -> int:
+    args = report_parser().parse_args(argv)
+    try:
+        from cml.merge import merge_runs
+        from cml.report import pm
+
+        report = merge_runs([Path(d) for d in args.runs], Path(args.output))
+    except CMLInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {Path(args.output) / 'report.md'}")
+    for name, m in report["methods"].items():
+        print(f"  {name}: final whole accuracy {pm(m['final_whole_accuracy'])}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
     args = parser().parse_args(argv)
     try:
         from cml.experiment import build_experiment

@@ -56,10 +56,10 @@ def resolved(config: RunConfig) -> tuple[RunConfig, torch.device]:
     return config, device
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
@@ -87,8 +87,8 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     if resume:
         if not saved_path.exists():
             raise CMLInputError(f"no {CONFIG_FILE}: not a run directory to resume", run_dir)
-        saved = _flat(yaml.safe_load(saved_path.read_text()))
-        wanted = _flat(config.to_dict())
+        saved = flatten(yaml.safe_load(saved_path.read_text()))
+        wanted = flatten(config.to_dict())
         for key in sorted(set(saved) | set(wanted)):
             ignored = any(key == k or key.startswith(k + ".") for k in IGNORED_ON_RESUME)
             if not ignored and saved.get(key) != wanted.get(key):

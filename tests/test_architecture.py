@@ -97,7 +97,7 @@ LAYERS = [
     ),
     ("metrics", {"cml.metrics", "cml.summary"}),
     ("report", {"cml.report"}),
-    ("running", {"cml.cells", "cml.estimate", "cml.executors", "cml.runner", "cml.head_search"}),
+    ("running", {"cml.cells", "cml.estimate", "cml.executors", "cml.runner", "cml.merge", "cml.head_search"}),
     ("command line", {"cml.cli"}),
 ]
 

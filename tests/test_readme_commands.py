@@ -77,6 +77,15 @@ def test_a_readme_command_runs_at_tiny_scale(command, small_fewrel, tmp_path, mo
         config, _ = config_from_args(parser().parse_args(argv))
         prepare_run_dir(config, resume=True)  # its config still loads and matches the run directory
         return
+    if argv[:1] == ["report"]:  # its inputs: the README's full-FewRel command, one run per method named
+        runs = [a for a in argv[1 : argv.index("--output")]]
+        for run_dir in runs:
+            method = Path(run_dir).name.split("-")[-1]
+            made = ["--config", "configs/fewrel.yaml", "--method", method, "--output", run_dir, *TINY]
+            assert main(made) == 0
+        assert main(argv) == 0, command
+        assert "final whole accuracy" in capsys.readouterr().out
+        return
     if argv == ["--help"]:
         with pytest.raises(SystemExit) as done:
             main(argv)

@@ -1,0 +1,86 @@
+"""One report over runs made separately (`run_cml.py report DIR [DIR ...] --output OUT`): the
+report one command with all their methods would have written, since a cell's numbers depend only
+on its method, order, seed and the run's settings.
+
+Runs merge only where pairing their cells means something: the same data, split, orders, seeds
+and budget (every setting but the methods and where or how the cells ran). OUT is a run directory
+of its own (config.yaml, results.jsonl, the report), so that `--resume OUT` and a later merge read
+it like any other.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from cml.config import RunConfig, load_config
+from cml.errors import CMLInputError
+from cml.experiment import build_experiment
+from cml.files import write_text_atomically
+from cml.report import write_report
+from cml.runner import CONFIG_FILE, RESULTS_FILE, check_writable, flatten, read_results, unfinished
+
+# settings that may differ between merged runs: which methods they hold, and where they ran
+FREE = ("output", "train.methods", "device", "executor", "search", "data.data_dir")
+
+
+def merge_runs(run_dirs: list[Path], output: Path) -> dict:
+    """Write the merged run to `output` and return its report."""
+    if len(run_dirs) < 2:
+        raise CMLInputError("report: name two or more run directories to merge")
+    if output.resolve() in [d.resolve() for d in run_dirs] or (output / RESULTS_FILE).exists():
+        raise CMLInputError(f"holds a run already ({RESULTS_FILE}); pick another --output", output)
+    check_writable(output)
+    configs = [load_config(_config_path(d)) for d in run_dirs]
+    first = flatten(configs[0].to_dict())
+    for run_dir, config in zip(run_dirs[1:], configs[1:]):
+        other = flatten(config.to_dict())
+        for key in sorted(set(first) | set(other)):
+            free = any(key == k or key.startswith(k + ".") for k in FREE)
+            if not free and first.get(key) != other.get(key):
+                raise CMLInputError(
+                    f"cannot merge: {run_dirs[0]} ran with {key}={first.get(key)!r}, {run_dir} with "
+                    f"{key}={other.get(key)!r}",
+                    run_dir,
+                )
+    merged: RunConfig = configs[0]
+    merged.train.methods = list(dict.fromkeys(m for c in configs for m in c.train.methods))
+    merged.output = str(output)
+    rows: dict = {}
+    for run_dir in run_dirs:
+        for key, row in read_results(run_dir).items():
+            if key in rows and _numbers(rows[key]) != _numbers(row):
+                raise CMLInputError(
+                    "cannot merge: {} order {} seed {} task {} is in two runs with different results".format(*key),
+                    run_dir,
+                )
+            rows.setdefault(key, row)
+    experiment = build_experiment(merged)
+    missing = unfinished(merged, experiment, rows)
+    if missing:
+        raise CMLInputError(
+            f"cannot merge unfinished runs: {missing[0].name} has tasks without results (finish it with --resume)",
+            run_dirs[0],
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    header = f"# settings: merged from {', '.join(map(str, run_dirs))}\n"
+    write_text_atomically(output / CONFIG_FILE, header + yaml.safe_dump(merged.to_dict(), sort_keys=False))
+    write_text_atomically(output / RESULTS_FILE, "".join(_line(rows[k]) for k in sorted(rows)))
+    return write_report(output, merged, experiment, rows, timings={})
+
+
+def _config_path(run_dir: Path) -> Path:
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        raise CMLInputError(f"no {CONFIG_FILE}: not a run directory", run_dir)
+    return path
+
+
+def _numbers(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "seconds"}
+
+
+def _line(row: dict) -> str:
+    return json.dumps(row) + "\n"
