@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from cml.config import RunConfig
+from cml.config import RunConfig, flatten
 from cml.device import release_freed_memory
 from cml.engine import EncodedData, Engine, MethodContext
 from cml.errors import DivergedError, warn
@@ -26,6 +26,7 @@ from cml.files import save_atomically
 from cml.methods import METHODS
 from cml.model import RelationModel
 from cml.timing import TRAIN_PHASE, PhaseTimer
+from cml.trackers import Tracking, open_trackers
 
 CHECKPOINTS, LOGS = "checkpoints", "logs"
 
@@ -84,9 +85,13 @@ def run_cell(grid: Grid, cell: Cell, device: torch.device, record: Record, timer
     method, o, seed = cell
     tasks = grid.orders[o]
     grid.model.reset_new_layers(seed)
+    config = grid.config
+    trackers = open_trackers(config.log_to, config.mlflow_uri, grid.run_dir, cell.name, flatten(config.to_dict()))
+    tracking = Tracking(trackers)
     engine = Engine(
-        grid.model, grid.data, grid.config, METHODS[method], grid.context, device, progress=progress, timer=timer
+        grid.model, grid.data, config, METHODS[method], grid.context, device, progress, timer, plugins=(tracking,)
     )
+    before = dict(timer.seconds)
     done = _restore(engine, grid.run_dir, cell)
     for row in done:
         record(row)
@@ -138,6 +143,7 @@ def run_cell(grid: Grid, cell: Cell, device: torch.device, record: Record, timer
                 f"whole acc {100 * result.whole_accuracy:.1f}, "
                 f"current task {100 * result.task_accuracy[-1]:.1f} ({row['seconds']:.1f} s)"
             )
+    tracking.close({phase: {"seconds": timer.seconds[phase] - before.get(phase, 0.0)} for phase in timer.seconds})
 
 
 def _checkpoint_path(run_dir: Path, cell: Cell) -> Path:

@@ -11,6 +11,7 @@ error that names the file, so a typo never passes silently.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from collections.abc import Callable
@@ -89,6 +90,20 @@ def _types_source(value: str) -> str | None:
     if value in ("auto", "dataset", "induced") or Path(value).is_file():
         return None
     return "use auto, dataset, induced, or an existing type map file"
+
+
+# --log-to: tracker -> (the module it needs, the extra that installs it); cml/trackers.py uses them
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
+
+
+def _trackers(names: list[str]) -> str | None:
+    for name in names:
+        if name not in TRACKERS:
+            return f"use any of {', '.join(TRACKERS)}"
+        module, extra = TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            return f"--log-to {name} needs {module}: pip install -e '.[{extra}]'"
+    return None
 
 
 def _head(value: str) -> str | None:
@@ -333,6 +348,10 @@ class RunConfig:
         domain="[1, inf)",
     )
     device: str = option("auto", "where the learner computes", choices=("auto", "cpu", "cuda"))
+    log_to: list[str] = option(
+        [], "experiment trackers to stream the run to: tensorboard, mlflow, wandb (any subset)", check=_trackers
+    )
+    mlflow_uri: str | None = option(None, "MLflow tracking URI (default: the file store mlruns/ here)")
 
     def check(self, source: str = "config") -> RunConfig:
         """Every option against its declaration, then what only a combination can get wrong;
@@ -363,7 +382,7 @@ class RunConfig:
 
 
 SECTIONS = {
-    f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.default_factory is not dataclasses.MISSING
+    f.name: f.default_factory for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)
 }
 # flags of a section's options are --<prefix><name> unless the declaration names its flag
 FLAG_PREFIX = {"loss": "loss-", "search": "search-"}
@@ -445,6 +464,14 @@ def _options_of(cls, section: str) -> list[Option]:
                 m.get("check"),
             )
         )
+    return out
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested config dict as {"section.key": value}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 

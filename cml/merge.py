@@ -15,12 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from cml.config import RunConfig, load_config
+from cml.config import RunConfig, flatten, load_config
 from cml.errors import CMLInputError
 from cml.experiment import build_experiment
 from cml.files import write_text_atomically
 from cml.report import write_report
-from cml.runner import CONFIG_FILE, RESULTS_FILE, check_writable, flatten, read_results, unfinished
+from cml.runner import CONFIG_FILE, RESULTS_FILE, check_writable, read_results, unfinished
 
 # settings that may differ between merged runs: which methods they hold, and where they ran
 FREE = ("output", "train.methods", "device", "executor", "search", "data.data_dir")

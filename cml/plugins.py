@@ -3,7 +3,8 @@
 The engine calls the hooks of every plugin, for each task, in this order (tested):
 
     before_task
-    for each stage of the method that runs on this task: before_stage, (the stage), after_stage
+    for each stage of the method that runs on this task: before_stage, (the stage, with
+        after_step after each of a training stage's optimiser steps), after_stage
     after_task
     (evaluation) after_eval
 
@@ -33,6 +34,9 @@ class Plugin:
         pass
 
     def before_stage(self, engine: Engine, stage: Stage) -> None:
+        pass
+
+    def after_step(self, engine: Engine, stage: Stage, loss: float) -> None:
         pass
 
     def after_stage(self, engine: Engine, stage: Stage) -> None:

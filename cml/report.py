@@ -150,10 +150,12 @@ def markdown(report: dict) -> str:
     lines += ["", "## Where the time went", "", "In this invocation (a resumed run counts only what it ran).", ""]
     if report.get("wall"):
         w = report["wall"]
-        lines += [
-            f"Wall time {w['seconds']:.0f} s, against {w['estimated_seconds']:.0f} s estimated before the cells ran.",
-            "",
-        ]
+        against = (
+            f", against {w['estimated_seconds']:.0f} s estimated before the cells ran"
+            if w["estimated_seconds"] is not None
+            else " (no cell was left to run)"
+        )
+        lines += [f"Wall time {w['seconds']:.0f} s{against}.", ""]
     lines += table(
         ["phase", "seconds", "examples", "examples/s"],
         [

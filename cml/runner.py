@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from cml.cache import cache_dir
 from cml.cells import CHECKPOINTS, LOGS, Cell, Grid, cells
-from cml.config import RunConfig
+from cml.config import RunConfig, flatten
 from cml.data.records import MARKERS
 from cml.device import release_freed_memory, resolve_device, resolve_precision
 from cml.encoder import RelationEncoder, load_backbone, load_tokenizer
@@ -38,29 +38,34 @@ from cml.model import RelationModel
 from cml.report import write_report
 from cml.timing import PhaseTimer
 from cml.tokens import tokenize_cached
+from cml.trackers import open_trackers
 
 CONFIG_FILE, RESULTS_FILE = "config.yaml", "results.jsonl"
 # may differ between a run and its resumption: they do not change a number (the head search's
-# options do not touch a run; a cell's thread count does, so executor.cpus_per_cell must match)
-IGNORED_ON_RESUME = ("output", "device", "search", "executor.name", "executor.ray_address", "executor.gpus_per_cell")
+# options do not touch a run, trackers only watch it; a cell's thread count does, so executor.cpus_per_cell must match)
+IGNORED_ON_RESUME = (
+    "output",
+    "device",
+    "search",
+    "executor.name",
+    "executor.ray_address",
+    "executor.gpus_per_cell",
+    "log_to",
+    "mlflow_uri",
+)
 
 
 def resolved(config: RunConfig) -> tuple[RunConfig, torch.device]:
-    """A copy of the config with the precision and a cell's threads fixed for this machine (as
-    config.yaml records them), and the device."""
+    """A copy of the config with the precision, a cell's threads and MLflow's store fixed for this
+    machine (as config.yaml records them), and the device."""
     device = resolve_device(config.device)
     config = copy.deepcopy(config)
     config.train.precision = resolve_precision(config.train.precision, device)
     executor = config.executor
     executor.cpus_per_cell = executor.cpus_per_cell or (torch.get_num_threads() if executor.name == "local" else 1)
+    if "mlflow" in config.log_to and config.mlflow_uri is None:  # MLflow's file store here, for every worker
+        config.mlflow_uri = Path("mlruns").resolve().as_uri()
     return config, device
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def check_writable(run_dir: Path) -> Path:
@@ -227,8 +232,8 @@ def run(
         if done and not (run_dir / CHECKPOINTS / f"{cell.name}.pt").exists():
             warn(f"{cell.name} has {done} rows but no checkpoint: it starts again from the initial weights", run_dir)
     with timer("estimate"):
-        estimate = estimate_run(todo, grid.orders, model, data, config, context, device)
-    if progress:
+        estimate = estimate_run(todo, grid.orders, model, data, config, context, device) if todo else None
+    if progress and estimate:
         tqdm.write(estimate.describe())
     tasks = len(cells(config, experiment)) * len(grid.orders[0])
     with (
@@ -246,8 +251,15 @@ def run(
                 bar.update()
 
         EXECUTORS[config.executor.name](grid, todo, device, record, timer, progress)
-    wall = {"estimated_seconds": round(estimate.seconds, 1), "seconds": round(time.perf_counter() - began, 1)}
-    return write_report(run_dir, config, experiment, rows, timer.summary(), wall)
+    estimated = round(estimate.seconds, 1) if estimate else None
+    wall = {"estimated_seconds": estimated, "seconds": round(time.perf_counter() - began, 1)}
+    report = write_report(run_dir, config, experiment, rows, timer.summary(), wall)
+    if config.log_to:  # the report's files, as a tracker run of their own
+        files = [run_dir / "report.json", run_dir / "report.md", *sorted(run_dir.glob("*.png"))]
+        for tracker in open_trackers(config.log_to, config.mlflow_uri, run_dir, "report", flatten(config.to_dict())):
+            tracker.files(files)
+            tracker.close()
+    return report
 
 
 def unfinished(config: RunConfig, experiment: Experiment, rows: dict) -> list[Cell]:

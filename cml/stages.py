@@ -215,6 +215,8 @@ class Train:
                 if not math.isfinite(value):
                     raise DivergedError(f"{self.name} stage, epoch {epoch + 1}, step {step}: the loss is {value}")
                 bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+                for plugin in engine.plugins:
+                    plugin.after_step(engine, self, value)
 
     def stage_data(self, engine: Engine, active: tuple[str, ...]) -> StageData:
         """The items and what the `active` loss terms read (a term weighted 0 costs no pass)."""

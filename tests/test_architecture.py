@@ -97,7 +97,10 @@ LAYERS = [
     ),
     ("metrics", {"cml.metrics", "cml.summary"}),
     ("report", {"cml.report"}),
-    ("running", {"cml.cells", "cml.estimate", "cml.executors", "cml.runner", "cml.merge", "cml.head_search"}),
+    (
+        "running",
+        {"cml.trackers", "cml.cells", "cml.estimate", "cml.executors", "cml.runner", "cml.merge", "cml.head_search"},
+    ),
     ("command line", {"cml.cli"}),
     ("Python API, the package", {"cml.api", "cml"}),
 ]

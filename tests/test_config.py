@@ -37,7 +37,8 @@ def sample(opt):
     if opt.kind is bool:
         return True, []
     if opt.kind is list:
-        return ["replay", "cml"], ["replay,cml"]
+        value = {"log_to": ["tensorboard", "mlflow"]}.get(opt.key, ["replay", "cml"])
+        return value, [",".join(value)]
     if opt.choices:
         value = next(c for c in reversed(opt.choices) if c != opt.default)
     elif opt.kind is str:

@@ -97,6 +97,6 @@ def test_a_readme_command_runs_at_tiny_scale(command, small_fewrel, tmp_path, mo
         assert (
             main(["--dataset", "demo", "--search-head", *TINY, "--output", str(tmp_path / "runs/fewrel-search")]) == 0
         )
-    assert main([*argv, *TINY]) == 0, command
+    assert main([*argv, *TINY, "--mlflow-uri", (tmp_path / "mlruns").as_uri()]) == 0, command
     out = capsys.readouterr().out
     assert ("genotype: " if "--search-head" in argv else "final whole accuracy") in out

@@ -1,0 +1,75 @@
+"""--log-to: a demo run streamed to TensorBoard, MLflow's file store and W&B offline, read back by
+their own readers (W&B ships none for offline files: its record file is checked for each metric)."""
+
+import json
+
+import pytest
+
+from cml.cli import main
+from tests.test_engine import cache_dir  # noqa: F401 (autouse fixture)
+
+CELL = "replay-order0-seed2021"
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trackers")
+    with pytest.MonkeyPatch.context() as env:
+        env.chdir(root)  # MLflow's file store: mlruns/ here
+        env.setenv("CML_CACHE_DIR", str(root / "cache"))
+        env.setenv("WANDB_SILENT", "true")
+        env.delenv("WANDB_API_KEY", raising=False)
+        args = ["--encoder", "tiny", "--max-per-relation", "6", "--orders", "1", "--method", "replay", "--epochs", "1"]
+        assert main([*args, "--log-to", "tensorboard,mlflow,wandb", "--output", str(root / "run")]) == 0
+    rows = [json.loads(line) for line in (root / "run" / "results.jsonl").read_text().splitlines()]
+    whole = [sum(a * n for a, n in zip(r["task_accuracy"], r["task_size"])) / sum(r["task_size"]) for r in rows]
+    return root, whole
+
+
+def test_tensorboard_holds_each_tasks_accuracy_the_losses_and_the_report(logged):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, whole = logged
+    cell = EventAccumulator(str(root / "run" / "tensorboard" / CELL))
+    cell.Reload()
+    assert [e.step for e in cell.Scalars("accuracy/whole")] == [1, 2, 3, 4, 5]
+    assert [e.value for e in cell.Scalars("accuracy/whole")] == pytest.approx(whole, abs=1e-6)
+    assert len(cell.Scalars("loss/learn")) > 5 and "seconds/train forward_backward" in cell.Tags()["scalars"]
+    report = EventAccumulator(str(root / "run" / "tensorboard" / "report"), size_guidance={"images": 0})
+    report.Reload()
+    assert "accuracy_by_stage" in report.Tags()["images"]
+
+
+def test_mlflow_holds_the_config_the_accuracies_and_the_report_files(logged):
+    from mlflow.tracking import MlflowClient
+
+    root, whole = logged
+    client = MlflowClient((root / "mlruns").as_uri())
+    experiment = client.get_experiment_by_name("run")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {CELL, "report"}
+    history = client.get_metric_history(runs[CELL].info.run_id, "accuracy.whole")
+    assert [m.step for m in history] == [1, 2, 3, 4, 5] and [m.value for m in history] == pytest.approx(whole)
+    assert runs[CELL].data.params["train.methods"] == "['replay']"
+    artifacts = {a.path for a in client.list_artifacts(runs["report"].info.run_id)}
+    assert {"report.json", "report.md", "accuracy_by_stage.png"} <= artifacts
+
+
+def test_wandb_runs_offline_with_every_metric_in_its_record_file(logged):
+    root, _ = logged
+    runs = sorted((root / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2  # the cell and the report
+    records = b"".join(p.read_bytes() for r in runs for p in r.glob("run-*.wandb"))
+    for key in (b"accuracy/whole", b"accuracy/old", b"loss/learn", b"train.methods"):
+        assert key in records
+    assert any((r / "files" / "report.md").exists() for r in runs)
+
+
+def test_a_tracker_that_is_not_installed_is_an_error_naming_the_extra(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    assert main(["--log-to", "wandb", "--encoder", "tiny", "--output", str(tmp_path / "run")]) == 2
+    assert "--log-to wandb needs wandb: pip install -e '.[wandb]'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
