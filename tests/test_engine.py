@@ -29,6 +29,23 @@ def small_config(output, methods=("finetune", "replay", "joint"), orders=2) -> R
     return config
 
 
+def interrupt_at(task: int, config: RunConfig, experiment, monkeypatch) -> None:
+    """Run `config` and stop it (KeyboardInterrupt) as its `task`-th task starts, counting from 1
+    over the cells in the order they run; the engine is as it was afterwards."""
+    original, calls = Engine.run_task, {"n": 0}
+
+    def stop(self, relations):
+        calls["n"] += 1
+        if calls["n"] == task:
+            raise KeyboardInterrupt
+        return original(self, relations)
+
+    monkeypatch.setattr(Engine, "run_task", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, experiment, progress=False)
+    monkeypatch.setattr(Engine, "run_task", original)
+
+
 def rows_without_time(run_dir):
     rows = [json.loads(line) for line in (run_dir / RESULTS_FILE).read_text().splitlines()]
     latest = {
@@ -74,21 +91,9 @@ def test_same_seed_same_numbers_and_resume_matches_an_uninterrupted_run(tmp_path
     run(config, experiment, progress=False)
 
     interrupted = configured(tmp_path / "cut")
-    calls = {"n": 0}
-    original = Engine.run_task
-
-    def crash_on_seventh(self, relations):
-        calls["n"] += 1
-        if calls["n"] == 7:  # order 1, task 2
-            raise KeyboardInterrupt
-        return original(self, relations)
-
-    monkeypatch.setattr(Engine, "run_task", crash_on_seventh)
-    with pytest.raises(KeyboardInterrupt):
-        run(interrupted, experiment, progress=False)
+    interrupt_at(7, interrupted, experiment, monkeypatch)  # order 1, task 2
     assert (tmp_path / "cut" / "checkpoints" / f"{method}-order1-seed{interrupted.seed}.pt").exists()
     assert len(rows_without_time(tmp_path / "cut")) == 6
-    monkeypatch.setattr(Engine, "run_task", original)
     assert main(["--resume", str(tmp_path / "cut")]) == 0
     assert rows_without_time(tmp_path / "cut") == rows_without_time(tmp_path / "full")
 

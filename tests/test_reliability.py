@@ -9,11 +9,10 @@ import pytest
 
 from cml.cells import CHECKPOINTS
 from cml.cli import main
-from cml.engine import Engine
 from cml.experiment import build_experiment
 from cml.files import write_atomically
 from cml.runner import RESULTS_FILE, run
-from tests.test_engine import cache_dir, rows_without_time, small_config  # noqa: F401 (cache_dir: autouse fixture)
+from tests.test_engine import cache_dir, interrupt_at, rows_without_time, small_config  # noqa: F401 (cache_dir: autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +86,7 @@ def test_a_corrupt_cache_entry_is_said_computed_again_and_replaced(tmp_path, mon
 
 def test_a_corrupt_checkpoint_restarts_its_cell_from_the_initial_weights(finished, tmp_path, monkeypatch, capsys):
     config = small_config(tmp_path / "run", methods=("replay",))
-    experiment = build_experiment(config)
-    original, calls = Engine.run_task, {"n": 0}
-
-    def crash_on_eighth(self, relations):
-        calls["n"] += 1
-        if calls["n"] == 8:  # order 1, task 3
-            raise KeyboardInterrupt
-        return original(self, relations)
-
-    monkeypatch.setattr(Engine, "run_task", crash_on_eighth)
-    with pytest.raises(KeyboardInterrupt):
-        run(config, experiment, progress=False)
-    monkeypatch.setattr(Engine, "run_task", original)
+    interrupt_at(8, config, build_experiment(config), monkeypatch)  # order 1, task 3
     (checkpoint,) = (tmp_path / "run" / CHECKPOINTS).glob("*.pt")
     checkpoint.write_bytes(b"not a checkpoint")
     assert main(["--resume", str(tmp_path / "run")]) == 0
