@@ -141,3 +141,17 @@ def test_resume_keeps_the_thread_count_and_executor_options_need_ray(tmp_path, c
     assert main(["--encoder", "tiny", "--gpus-per-cell", "0.5", "--output", str(tmp_path / "never")]) == 2
     assert "add --executor ray" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_on_ray_every_cell_logs_to_the_trackers_as_its_own_run_in_one_group(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    config = grid_config(tmp_path / "ray", "ray")
+    config.data.orders = 1
+    config.log_to, config.mlflow_uri = ["mlflow", "tensorboard"], (tmp_path / "mlruns").as_uri()
+    run(config, build_experiment(config), progress=False)
+    client = MlflowClient(config.mlflow_uri)
+    experiment = client.get_experiment_by_name("ray")
+    names = {r.info.run_name for r in client.search_runs([experiment.experiment_id])}
+    assert names == {"replay-order0-seed3", "cml-order0-seed3", "report"}
+    assert {p.name for p in (tmp_path / "ray" / "tensorboard").iterdir()} == names
