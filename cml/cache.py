@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from pathlib import Path
 
 import torch
 
 from cml.data import DEFAULT_ROOT
 from cml.errors import warn
-from cml.files import save_atomically
+from cml.files import UNREADABLE, save_atomically
 
 
 def cache_dir() -> Path:
@@ -37,7 +36,7 @@ def memo(path: Path | None, compute):
     if path.exists():
         try:
             return torch.load(path)
-        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        except UNREADABLE as e:
             warn(f"unreadable cache entry ({e.__class__.__name__}): computing it again", path)
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)

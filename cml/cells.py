@@ -5,7 +5,6 @@ the runner (cml/runner.py) decides which."""
 from __future__ import annotations
 
 import os
-import pickle
 import socket
 import time
 import zlib
@@ -17,12 +16,12 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from cml.config import RunConfig, flatten
+from cml.config import RunConfig
 from cml.device import release_freed_memory
 from cml.engine import EncodedData, Engine, MethodContext
 from cml.errors import DivergedError, warn
 from cml.experiment import Experiment
-from cml.files import save_atomically
+from cml.files import UNREADABLE, save_atomically
 from cml.methods import METHODS
 from cml.model import RelationModel
 from cml.timing import TRAIN_PHASE, PhaseTimer
@@ -86,8 +85,7 @@ def run_cell(grid: Grid, cell: Cell, device: torch.device, record: Record, timer
     tasks = grid.orders[o]
     grid.model.reset_new_layers(seed)
     config = grid.config
-    trackers = open_trackers(config.log_to, config.mlflow_uri, grid.run_dir, cell.name, flatten(config.to_dict()))
-    tracking = Tracking(trackers)
+    tracking = Tracking(open_trackers(config, grid.run_dir, cell.name))
     engine = Engine(
         grid.model, grid.data, config, METHODS[method], grid.context, device, progress, timer, plugins=(tracking,)
     )
@@ -146,14 +144,14 @@ def run_cell(grid: Grid, cell: Cell, device: torch.device, record: Record, timer
     tracking.close({phase: {"seconds": timer.seconds[phase] - before.get(phase, 0.0)} for phase in timer.seconds})
 
 
-def _checkpoint_path(run_dir: Path, cell: Cell) -> Path:
+def checkpoint_path(run_dir: Path, cell: Cell) -> Path:
     return run_dir / CHECKPOINTS / f"{cell.name}.pt"
 
 
 def _checkpoint(engine: Engine, run_dir: Path, cell: Cell, rows: list[dict], last: bool) -> None:
     """Keep the state and the rows after the last finished task (a cell that restarts elsewhere
     hands back every row); a cell's checkpoint goes once the cell is done."""
-    path = _checkpoint_path(run_dir, cell)
+    path = checkpoint_path(run_dir, cell)
     if last:
         path.unlink(missing_ok=True)
         return
@@ -166,13 +164,13 @@ def _restore(engine: Engine, run_dir: Path, cell: Cell) -> list[dict]:
     and the cell starts again from the initial weights, its last good state: each task's seed
     is fixed, so it gives the same rows again, and rows already in results.jsonl are not
     written twice."""
-    path = _checkpoint_path(run_dir, cell)
+    path = checkpoint_path(run_dir, cell)
     if not path.exists():
         return []
     try:
         state = torch.load(path, weights_only=False)
         rows = state["rows"]
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as e:
+    except (*UNREADABLE, KeyError, TypeError) as e:  # not torch's format, or not a checkpoint
         warn(f"unreadable checkpoint ({e.__class__.__name__}): {cell.name} starts again from the initial weights", path)
         return []
     engine.load_state_dict(state)

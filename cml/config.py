@@ -475,6 +475,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def first_difference(a: dict, b: dict, free: tuple[str, ...]) -> tuple[str, Any, Any] | None:
+    """(key, a's value, b's value) of the first option two nested config dicts set differently,
+    leaving out the keys in `free` and the sections they name; None where they agree."""
+    a, b = flatten(a), flatten(b)
+    for key in sorted(set(a) | set(b)):
+        if not any(key == k or key.startswith(k + ".") for k in free) and a.get(key) != b.get(key):
+            return key, a.get(key), b.get(key)
+    return None
+
+
 def options() -> list[Option]:
     """Every option of a run, section by section, then the top-level ones."""
     return [o for name, cls in SECTIONS.items() for o in _options_of(cls, name)] + _options_of(RunConfig, "")

@@ -5,11 +5,15 @@ filling the same cache entry never share one), then replaces the file in one ren
 from __future__ import annotations
 
 import os
+import pickle
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+# what torch.load raises for a file cut short, overwritten or not in its format
+UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError)
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:

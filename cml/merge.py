@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from cml.config import RunConfig, flatten, load_config
+from cml.config import RunConfig, first_difference, load_config
 from cml.errors import CMLInputError
 from cml.experiment import build_experiment
 from cml.files import write_text_atomically
@@ -34,17 +34,13 @@ def merge_runs(run_dirs: list[Path], output: Path) -> dict:
         raise CMLInputError(f"holds a run already ({RESULTS_FILE}); pick another --output", output)
     check_writable(output)
     configs = [load_config(_config_path(d)) for d in run_dirs]
-    first = flatten(configs[0].to_dict())
     for run_dir, config in zip(run_dirs[1:], configs[1:]):
-        other = flatten(config.to_dict())
-        for key in sorted(set(first) | set(other)):
-            free = any(key == k or key.startswith(k + ".") for k in FREE)
-            if not free and first.get(key) != other.get(key):
-                raise CMLInputError(
-                    f"cannot merge: {run_dirs[0]} ran with {key}={first.get(key)!r}, {run_dir} with "
-                    f"{key}={other.get(key)!r}",
-                    run_dir,
-                )
+        differs = first_difference(configs[0].to_dict(), config.to_dict(), FREE)
+        if differs:
+            key, first, other = differs
+            raise CMLInputError(
+                f"cannot merge: {run_dirs[0]} ran with {key}={first!r}, {run_dir} with {key}={other!r}", run_dir
+            )
     merged: RunConfig = configs[0]
     merged.train.methods = list(dict.fromkeys(m for c in configs for m in c.train.methods))
     merged.output = str(output)

@@ -21,8 +21,8 @@ import yaml
 from tqdm import tqdm
 
 from cml.cache import cache_dir
-from cml.cells import CHECKPOINTS, LOGS, Cell, Grid, cells
-from cml.config import RunConfig, flatten
+from cml.cells import CHECKPOINTS, LOGS, Cell, Grid, cells, checkpoint_path
+from cml.config import RunConfig, first_difference
 from cml.data.records import MARKERS
 from cml.device import release_freed_memory, resolve_device, resolve_precision
 from cml.encoder import RelationEncoder, load_backbone, load_tokenizer
@@ -92,15 +92,12 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     if resume:
         if not saved_path.exists():
             raise CMLInputError(f"no {CONFIG_FILE}: not a run directory to resume", run_dir)
-        saved = flatten(yaml.safe_load(saved_path.read_text()))
-        wanted = flatten(config.to_dict())
-        for key in sorted(set(saved) | set(wanted)):
-            ignored = any(key == k or key.startswith(k + ".") for k in IGNORED_ON_RESUME)
-            if not ignored and saved.get(key) != wanted.get(key):
-                raise CMLInputError(
-                    f"cannot resume: the run used {key}={saved.get(key)!r}, this command asks {key}={wanted.get(key)!r}",
-                    saved_path,
-                )
+        differs = first_difference(yaml.safe_load(saved_path.read_text()), config.to_dict(), IGNORED_ON_RESUME)
+        if differs:
+            key, used, asked = differs
+            raise CMLInputError(
+                f"cannot resume: the run used {key}={used!r}, this command asks {key}={asked!r}", saved_path
+            )
     elif (run_dir / RESULTS_FILE).exists():
         raise CMLInputError(
             f"holds a run already ({RESULTS_FILE}); continue it with --resume {run_dir} or pick another --output",
@@ -110,6 +107,10 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
 
 
 ROW_KEYS = ("method", "order", "seed", "task")
+
+
+def row_key(row: dict) -> tuple[str, int, int, int]:
+    return tuple(row[k] for k in ROW_KEYS)
 
 
 def read_results(run_dir: Path, mend: bool = False) -> dict[tuple[str, int, int, int], dict]:
@@ -129,11 +130,11 @@ def read_results(run_dir: Path, mend: bool = False) -> dict[tuple[str, int, int,
             row = _row(line)
             if row is None:
                 raise CMLInputError(f"line {i} is not a result row; remove it (its task then runs again)", path)
-            rows[tuple(row[k] for k in ROW_KEYS)] = row
+            rows[row_key(row)] = row
     if last.strip():
         row = _row(last)
         if row is not None:
-            rows[tuple(row[k] for k in ROW_KEYS)] = row
+            rows[row_key(row)] = row
             if mend:
                 with path.open("ab") as f:
                     f.write(b"\n")
@@ -229,7 +230,7 @@ def run(
     todo = unfinished(config, experiment, rows)
     for cell in todo:
         done = sum((*cell, k) in rows for k in range(len(grid.orders[cell.order])))
-        if done and not (run_dir / CHECKPOINTS / f"{cell.name}.pt").exists():
+        if done and not checkpoint_path(run_dir, cell).exists():
             warn(f"{cell.name} has {done} rows but no checkpoint: it starts again from the initial weights", run_dir)
     with timer("estimate"):
         estimate = estimate_run(todo, grid.orders, model, data, config, context, device) if todo else None
@@ -243,7 +244,7 @@ def run(
 
         def record(row: dict) -> None:
             """A row into results.jsonl, once: a task re-run after a fault is not written again."""
-            key = (row["method"], row["order"], row["seed"], row["task"])
+            key = row_key(row)
             if key not in rows:
                 rows[key] = row
                 log.write(json.dumps(row) + "\n")
@@ -256,7 +257,7 @@ def run(
     report = write_report(run_dir, config, experiment, rows, timer.summary(), wall)
     if config.log_to:  # the report's files, as a tracker run of their own
         files = [run_dir / "report.json", run_dir / "report.md", *sorted(run_dir.glob("*.png"))]
-        for tracker in open_trackers(config.log_to, config.mlflow_uri, run_dir, "report", flatten(config.to_dict())):
+        for tracker in open_trackers(config, run_dir, "report"):
             tracker.files(files)
             tracker.close()
     return report

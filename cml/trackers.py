@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from cml.config import RunConfig, flatten
 from cml.plugins import Plugin
 
 if TYPE_CHECKING:
@@ -112,15 +113,18 @@ class WandB:
         self.run.finish()
 
 
-def open_trackers(names: list[str], mlflow_uri: str | None, run_dir: Path, name: str, params: dict) -> list[Tracker]:
-    """One tracker run per name, called `name`, grouped under the run directory's name."""
-    group, flat = run_dir.resolve().name, {k: str(v) for k, v in params.items()}
+def open_trackers(config: RunConfig, run_dir: Path, name: str) -> list[Tracker]:
+    """A tracker run called `name` for each of `config.log_to`, grouped under the run directory's
+    name, with the config as its parameters (none at all without --log-to)."""
+    if not config.log_to:
+        return []
+    group, params = run_dir.resolve().name, {k: str(v) for k, v in flatten(config.to_dict()).items()}
     made = {
-        "tensorboard": lambda: TensorBoard(run_dir, name, flat),
-        "mlflow": lambda: MLflow(mlflow_uri, group, name, flat),
-        "wandb": lambda: WandB(run_dir, group, name, flat),
+        "tensorboard": lambda: TensorBoard(run_dir, name, params),
+        "mlflow": lambda: MLflow(config.mlflow_uri, group, name, params),
+        "wandb": lambda: WandB(run_dir, group, name, params),
     }
-    return [made[n]() for n in names]
+    return [made[n]() for n in config.log_to]
 
 
 class Tracking(Plugin):
