@@ -284,6 +284,13 @@ class CMLConfig:
         domain="[1, inf)",
     )
     meta_lr: float = option(0.1, "inner SGD learning rate of --meta-batches", domain="[0, inf)")
+    type_margin: float | None = option(
+        None,
+        "consolidation (stages on the memory): pair margins m x sim(y, r) on the wrong relations' scores of the "
+        "cross-entropy and prototype terms, so analogous relations are pushed further apart (0: off); default: "
+        "the method's own",
+        domain="[0, inf)",
+    )
 
 
 @dataclass

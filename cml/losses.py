@@ -11,9 +11,16 @@ import torch
 from torch.nn import functional as F
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the relations seen so far (the others are masked in `logits`)."""
-    return F.cross_entropy(logits.float(), labels)
+def with_margins(logits: torch.Tensor, labels: torch.Tensor, margins: torch.Tensor | None) -> torch.Tensor:
+    """`logits` with the pair margin `margins[y, r]` ([R, R], zero on the diagonal) added to every
+    wrong relation r of an item of relation y: the item must then beat r by that margin."""
+    return logits.float() if margins is None else logits.float() + margins[labels]
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, margins: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over the relations seen so far (the others are masked in `logits`), with
+    optional pair margins (`with_margins`)."""
+    return F.cross_entropy(with_margins(logits, labels, margins), labels)
 
 
 def bank_contrastive(
@@ -41,10 +48,16 @@ def masked_similarity(z: torch.Tensor, prototypes: torch.Tensor, seen: torch.Ten
 
 
 def prototype_contrastive(
-    z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, seen: torch.Tensor, tau: float
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    seen: torch.Tensor,
+    tau: float,
+    margins: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """CEAR's InfoNCE against the prototypes of the seen relations: -log softmax_r(z.p_r / tau)[y]."""
-    return F.cross_entropy(masked_similarity(z, prototypes, seen) / tau, labels)
+    """CEAR's InfoNCE against the prototypes of the seen relations: -log softmax_r(z.p_r / tau)[y],
+    with optional pair margins on the scores z.p_r / tau (`with_margins`)."""
+    return cross_entropy(masked_similarity(z, prototypes, seen) / tau, labels, margins)
 
 
 def hard_margin(

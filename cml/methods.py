@@ -54,6 +54,7 @@ def consolidate(losses: tuple[str, ...], **options) -> Train:
 # (README, "What was tried").
 CML_2021_EPS, CML_EPS = 0.5, 0.9
 MER_BATCHES = 2  # sub-batches of the interference meta step
+TYPE_MARGIN = 1.0  # scale of the consolidation's type margins
 
 # cml's parts, whether the method named `cml` has each, and what the part does. A part cml has gets
 # the ablation `cml-no-PART`; a part it leaves out, the variant `cml+PART` that adds it. Chosen on
@@ -68,6 +69,7 @@ CML_PARTS: dict[str, tuple[bool, str]] = {
     "allocation": (False, "memory shared out by difficulty"),
     "threat": (False, "threat-weighted replay"),
     "interference": (False, "first-order MER consolidation steps"),
+    "margins": (False, "type-similarity margins in the consolidation"),
 }
 
 
@@ -87,6 +89,7 @@ def cml(summary: str, **parts: bool) -> Method:
                 order="curriculum" if has["curriculum"] else "shuffle",
                 replay="threat" if has["threat"] else "uniform",
                 meta_batches=MER_BATCHES if has["interference"] else 1,
+                type_margin=TYPE_MARGIN if has["margins"] else 0.0,
             ),
             RefreshPrototypes(drift="compensated" if has["drift"] else "fixed"),
         ),

@@ -120,6 +120,11 @@ class RelationSpace:
         """d(r | R) = mean over b in R of sim(r, b)."""
         return float(self.similarity[self.index[relation], self._ix(others)].mean())
 
+    def pairwise(self, relations: list[str]) -> np.ndarray:
+        """sim(a, b) for every pair of `relations`, rows and columns in their order."""
+        ix = self._ix(relations)
+        return self.similarity[np.ix_(ix, ix)]
+
     def nearest(self, relation: str, k: int = 5) -> list[tuple[str, float]]:
         row = self.similarity[self.index[relation]]
         order = [i for i in np.argsort(-row, kind="stable") if i != self.index[relation]][:k]

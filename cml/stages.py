@@ -85,10 +85,11 @@ class StageData:
     bank: Bank | None
     bank_sample: int | None  # anchors against this many random bank entries per step (None: all)
     teacher: Output | None  # the model from the start of the task on every item (rows follow `items`)
+    margins: torch.Tensor | None = None  # [R, R] type margins of the ce and proto terms (None: none)
 
 
 def _loss_ce(out: Output, y: torch.Tensor, d: StageData, teacher: Output | None, c: LossConfig) -> torch.Tensor:
-    return losses.cross_entropy(out.logits, y)
+    return losses.cross_entropy(out.logits, y, d.margins)
 
 
 def _loss_supcon(out, y, d, teacher, c):
@@ -100,7 +101,7 @@ def _loss_supcon(out, y, d, teacher, c):
 
 
 def _loss_proto(out, y, d, teacher, c):
-    return losses.prototype_contrastive(out.z, y, d.prototypes["z"], d.seen, c.tau)
+    return losses.prototype_contrastive(out.z, y, d.prototypes["z"], d.seen, c.tau, d.margins)
 
 
 def _loss_margin(out, y, d, teacher, c):
@@ -141,6 +142,16 @@ class Term:
     bank: bool = False  # a feature bank over the stage's items
 
 
+def type_margins(engine: Engine, scale: float) -> torch.Tensor:
+    """Pair margins from the relation space: `scale` x sim(y, r) between every two relations of the
+    dataset (0 on the diagonal), so an item must beat the relations whose entity types are like its
+    own (the analogous ones, which the report shows it is lost to) by more than the others."""
+    margins = scale * torch.as_tensor(engine.context.space.pairwise(engine.data.relations), dtype=torch.float32)
+    return margins.fill_diagonal_(0.0).to(engine.device)
+
+
+MARGIN_TERMS = ("ce", "proto")  # the terms that read `StageData.margins`
+
 TERMS: dict[str, Term] = {
     "ce": Term(_loss_ce),
     "supcon": Term(_loss_supcon, bank=True),
@@ -164,16 +175,18 @@ class Train:
     sample_bank: bool = False  # CRL's stage 1: anchors against loss.bank_sample random bank entries
     epochs_option: str = "epochs"  # the train: option that gives its epochs
     first_task: int = 0
-    # the consolidation's own parts (a stage on the memory; `cml.replay_weighting` and
-    # `cml.meta_batches` set them for every such stage):
+    # the consolidation's own parts (a stage on the memory; `cml.replay_weighting`,
+    # `cml.meta_batches` and `cml.type_margin` set them for every such stage):
     replay: str = "uniform"  # uniform, or threat: items drawn by their relation's similarity to the task
     meta_batches: int = 1  # sub-batches of a first-order MER step (1: a plain optimiser step)
+    type_margin: float = 0.0  # scale of the type margins of its ce and proto terms (0: none)
 
     def __post_init__(self) -> None:
         assert self.data in DATA_SOURCES and self.order in ORDERS, self
         assert all(t in TERMS for t in self.losses), self.losses
         assert self.replay in choices("cml.replay_weighting") and self.meta_batches >= 1, self
-        assert self.data == "memory" or (self.replay, self.meta_batches) == ("uniform", 1), self
+        assert self.type_margin >= 0, self
+        assert self.data == "memory" or (self.replay, self.meta_batches, self.type_margin) == ("uniform", 1, 0.0), self
 
     def own(self, engine: Engine, option: str, value):
         """A consolidation part's setting (`chosen`); other stages keep their declaration."""
@@ -246,7 +259,11 @@ class Train:
         bank = engine.bank(split, items) if any(t.bank for t in terms) else None
         sample = engine.config.loss.bank_sample if self.sample_bank else None
         teacher = engine.teacher(split, items) if any(t.teacher for t in terms) else None
-        return StageData(split, items, position, engine.seen, engine.old_ids, prototypes, bank, sample, teacher)
+        scale = self.own(engine, "type_margin", self.type_margin)
+        margins = type_margins(engine, scale) if scale and set(active) & set(MARGIN_TERMS) else None
+        return StageData(
+            split, items, position, engine.seen, engine.old_ids, prototypes, bank, sample, teacher, margins
+        )
 
     def batches(self, engine: Engine, data: StageData, epoch: int) -> list[torch.Tensor]:
         """Lists of split indices, one per optimiser step."""
