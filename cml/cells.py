@@ -136,11 +136,12 @@ def run_cell(grid: Grid, cell: Cell, device: torch.device, record: Record, timer
             record(row)
             _checkpoint(engine, grid.run_dir, cell, done, last=k == len(tasks) - 1)
             release_freed_memory()
-            say(
-                f"[{method}] order {o} seed {seed} task {k + 1}/{len(tasks)}: "
-                f"whole acc {100 * result.whole_accuracy:.1f}, "
-                f"current task {100 * result.task_accuracy[-1]:.1f} ({row['seconds']:.1f} s)"
+            accuracy = (
+                f"whole acc {100 * result.whole_accuracy:.1f}, current task {100 * result.task_accuracy[-1]:.1f}"
+                if result.evaluated
+                else f"not evaluated (--eval-every {config.train.eval_every})"
             )
+            say(f"[{method}] order {o} seed {seed} task {k + 1}/{len(tasks)}: {accuracy} ({row['seconds']:.1f} s)")
     tracking.close({phase: {"seconds": timer.seconds[phase] - before.get(phase, 0.0)} for phase in timer.seconds})
 
 

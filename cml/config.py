@@ -187,6 +187,12 @@ class TrainConfig:
         "bf16 autocast or fp32; auto: bf16 where the GPU or CPU multiplies bf16 natively",
         choices=("auto", "bf16", "fp32"),
     )
+    eval_every: int = option(
+        1,
+        "evaluate after every k-th task and always after the last (1: every task); the rows between carry no "
+        "accuracy, and the metrics use the tasks evaluated",
+        domain="[1, inf)",
+    )
     lr: float = option(5e-5, "learning rate of the encoder", domain="(0, inf)")
     projection_lr: float | None = option(
         None, "learning rate of the h and z projections (default: --lr, as CEAR)", domain="(0, inf)"

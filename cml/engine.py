@@ -14,6 +14,7 @@ task changes lives here: the model, the memory, the prototypes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -67,11 +68,11 @@ class EncodedData:
 class TaskResult:
     """What evaluation after one task records, for the method's classifier."""
 
-    task_accuracy: list[float]  # a[k][j] for the tasks j <= k, in arrival order
-    task_size: list[int]  # n_j
+    task_accuracy: list[float] | None  # a[k][j] for the tasks j <= k, in arrival order; None: not evaluated
+    task_size: list[int] | None  # n_j
     relation_accuracy: dict[str, float] = field(default_factory=dict)
     old_accuracy: float | None = None  # over the relations of earlier tasks (None on the first task)
-    new_accuracy: float = 0.0  # over the relations of this task
+    new_accuracy: float | None = None  # over the relations of this task
     classifiers: dict[str, dict[str, float | None]] = field(default_factory=dict)  # every classifier: whole/old/new
     # the method's errors on old relations: true relation -> {predicted relation: test examples}
     confusions: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -82,8 +83,14 @@ class TaskResult:
         return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
 
     @property
+    def evaluated(self) -> bool:
+        return self.task_accuracy is not None
+
+    @property
     def whole_accuracy(self) -> float:
-        """W_k: accuracy over every test example seen so far."""
+        """W_k: accuracy over every test example seen so far (NaN where the task was not evaluated)."""
+        if not self.evaluated:
+            return math.nan
         return sum(a * n for a, n in zip(self.task_accuracy, self.task_size)) / sum(self.task_size)
 
 
@@ -319,10 +326,18 @@ class Engine:
         for plugin in self.plugins:
             plugin.after_task(self)
         self.start = {}
+        if not self.evaluates_now:
+            return TaskResult(None, None)
         result = self.evaluate()
         for plugin in self.plugins:
             plugin.after_eval(self, result)
         return result
+
+    @property
+    def evaluates_now(self) -> bool:
+        """Whether the task just learned is evaluated: every `train.eval_every`-th, and the last."""
+        k = len(self.tasks)
+        return k % self.config.train.eval_every == 0 or k == self.context.n_tasks
 
     def evaluate(self) -> TaskResult:
         relations = self.seen_relations

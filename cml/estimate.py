@@ -68,7 +68,8 @@ def cell_workload(method: Method, tasks: list[list[str]], data: EncodedData, con
                 total += Workload(0, count(task, n_train))
             else:  # RefreshPrototypes
                 total += Workload(0, memory)
-        total += Workload(0, count(seen, n_eval))
+        if (k + 1) % config.train.eval_every == 0 or k == len(tasks) - 1:
+            total += Workload(0, count(seen, n_eval))
     return total
 
 

@@ -53,7 +53,8 @@ def unit_forgetting(acc: torch.Tensor) -> torch.Tensor:
 
 
 def average_forgetting(acc: torch.Tensor) -> torch.Tensor:
-    return forgetting(acc).mean(-1)
+    """Mean f_j over the tasks that were evaluated before the last stage (all, unless `--eval-every`)."""
+    return torch.nanmean(forgetting(acc), dim=-1)
 
 
 def average_forgetting_rate(acc: torch.Tensor) -> torch.Tensor:
@@ -64,8 +65,9 @@ def average_forgetting_rate(acc: torch.Tensor) -> torch.Tensor:
 
 
 def backward_transfer(acc: torch.Tensor) -> torch.Tensor:
+    """BWT = mean_{j<K} (a[K][j] - a[j][j]) over the tasks evaluated right after they were learned."""
     final, diagonal = _final_and_diagonal(acc)
-    return (final - diagonal).mean(-1)
+    return torch.nanmean(final - diagonal, dim=-1)
 
 
 @dataclass
@@ -176,9 +178,13 @@ def _spearman(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def correlation(x, y, seed: int = 0, resamples: int = 9999) -> Correlation | None:
-    """None where rho is not defined: fewer than 3 points, or a side that is constant."""
+    """Spearman's rho over the points with a value on both sides (a NaN is no value: a task never
+    evaluated before the last, under `--eval-every`). None where rho is not defined: fewer than 3
+    points, or a side that is constant."""
     x = np.asarray(torch.as_tensor(x, dtype=torch.float64).flatten().cpu())
     y = np.asarray(torch.as_tensor(y, dtype=torch.float64).flatten().cpu())
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
     if len(x) < 3 or (x == x[0]).all() or (y == y[0]).all():
         return None
     rng = np.random.default_rng(seed)

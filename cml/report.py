@@ -362,10 +362,11 @@ def plot(report: dict, run_dir: Path) -> None:
     methods = report["methods"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, m in methods.items():
-        band = {k: 100 * np.array(v) for k, v in m["whole_accuracy_by_stage_over_orders"].items()}
+        band = {k: 100 * np.array(v, dtype=float) for k, v in m["whole_accuracy_by_stage_over_orders"].items()}
         stages = np.arange(1, len(band["mean"]) + 1)
-        ax.plot(stages, band["mean"], marker="o", label=name)
-        ax.fill_between(stages, band["min"], band["max"], alpha=0.2)
+        shown = ~np.isnan(band["mean"])  # the stages evaluated (--eval-every)
+        ax.plot(stages[shown], band["mean"][shown], marker="o", label=name)
+        ax.fill_between(stages[shown], band["min"][shown], band["max"][shown], alpha=0.2)
     ax.set(xlabel="tasks seen", ylabel="whole accuracy W_k (%)", title="Accuracy by stage (band: range over orders)")
     ax.set_xticks(stages)
     ax.legend()
@@ -385,7 +386,7 @@ def plot(report: dict, run_dir: Path) -> None:
     fig.savefig(run_dir / "accuracy_matrix.png", dpi=120)
     plt.close(fig)
 
-    points = lambda key, x, y: {n: (m[key][x], 100 * np.array(m[key][y])) for n, m in methods.items()}
+    points = lambda key, x, y: {n: (m[key][x], 100 * np.array(m[key][y], dtype=float)) for n, m in methods.items()}
     _scatter(
         plt,
         run_dir / "difficulty_forgetting.png",

@@ -23,13 +23,15 @@ def runs_of(grid: Grid) -> list[list[dict]]:
 
 
 def accuracy_tensors(grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
-    """acc [O*S, K, K] (NaN above the diagonal) and n [O*S, K], one run per (order, seed)."""
+    """acc [O*S, K, K] (NaN above the diagonal, and on the rows of tasks not evaluated:
+    `--eval-every`) and n [O*S, K], one run per (order, seed)."""
     runs = runs_of(grid)
     K = len(runs[0])
     acc = torch.full((len(runs), K, K), math.nan, dtype=torch.float64)
     for r, cell in enumerate(runs):
         for k, row in enumerate(cell):
-            acc[r, k, : k + 1] = torch.tensor(row["task_accuracy"], dtype=torch.float64)
+            if row["task_accuracy"] is not None:
+                acc[r, k, : k + 1] = torch.tensor(row["task_accuracy"], dtype=torch.float64)
     n = torch.tensor([cell[-1]["task_size"] for cell in runs])
     return acc, n
 
@@ -168,7 +170,8 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
     average = metrics.average_accuracy(acc).view(O, S, K)
     unit, units, unit_difficulty, final = final_by_unit(grid, experiment)
     difficulty = torch.tensor([experiment.difficulties(o) for o in experiment.orders], dtype=torch.float64)
-    per_order = whole.mean(1)  # [O, K], seeds averaged
+    evaluated = [not bool(torch.isnan(whole[:, :, k]).any()) for k in range(K)]  # in every run (--eval-every)
+    per_order = whole.mean(1)  # [O, K], seeds averaged; NaN where not evaluated
     task_forgetting = metrics.forgetting(acc).view(O, S, K - 1).mean(1) if K > 1 else None  # [O, K - 1]
     tau = metrics.curriculumness(difficulty) if K > 1 else torch.zeros(O, dtype=torch.float64)
     relations = experiment.dataset.relations
@@ -197,10 +200,10 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
         "task_sizes": n.tolist(),
         "task_difficulty": difficulty.tolist(),
         "final_whole_accuracy_per_run": whole[:, :, -1].tolist(),
-        "whole_accuracy_per_order": per_order.tolist(),
-        "average_accuracy_per_order": average.mean(1).tolist(),
-        "whole_accuracy_per_stage": [sp(whole[:, :, k]) for k in range(K)],
-        "average_accuracy_per_stage": [sp(average[:, :, k]) for k in range(K)],
+        "whole_accuracy_per_order": nan_to_none(per_order.tolist()),
+        "average_accuracy_per_order": nan_to_none(average.mean(1).tolist()),
+        "whole_accuracy_per_stage": [sp(whole[:, :, k]) if evaluated[k] else None for k in range(K)],
+        "average_accuracy_per_stage": [sp(average[:, :, k]) if evaluated[k] else None for k in range(K)],
         "final_whole_accuracy": sp(whole[:, :, -1]),
         "old_accuracy_per_stage": [over_runs(k, "old_accuracy") for k in range(K)],
         "new_accuracy_per_stage": [over_runs(k, "new_accuracy") for k in range(K)],
@@ -210,7 +213,7 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
         },
         "final_average_accuracy": sp(average[:, :, -1]),
         "forgetting": sp(metrics.average_forgetting(acc).view(O, S)) if K > 1 else None,
-        "forgetting_per_task": task_forgetting.tolist() if K > 1 else [],
+        "forgetting_per_task": nan_to_none(task_forgetting.tolist()) if K > 1 else [],
         "average_forgetting_rate": sp(metrics.average_forgetting_rate(acc).view(O, S)) if K > 1 else None,
         "backward_transfer": sp(metrics.backward_transfer(acc).view(O, S)) if K > 1 else None,
         "variance_parts": dataclasses.asdict(metrics.variance_parts(whole[:, :, -1])),
@@ -230,14 +233,17 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
         "train_examples_per_second": examples / max(seconds, 1e-9),
         # what the plots draw
         "mean_accuracy_matrix": nan_to_none(torch.nanmean(acc, 0).tolist()),
-        "whole_accuracy_by_stage_over_orders": {
-            "mean": per_order.mean(0).tolist(),
-            "min": per_order.min(0).values.tolist(),
-            "max": per_order.max(0).values.tolist(),
-        },
+        "whole_accuracy_by_stage_over_orders": dict(
+            zip(
+                ("mean", "min", "max"),
+                nan_to_none(
+                    [per_order.mean(0).tolist(), per_order.min(0).values.tolist(), per_order.max(0).values.tolist()]
+                ),
+            )
+        ),
         "task_difficulty_forgetting": {
             "difficulty": difficulty[:, :-1].flatten().tolist(),
-            "forgetting": task_forgetting.flatten().tolist() if K > 1 else [],
+            "forgetting": nan_to_none([task_forgetting.flatten().tolist()])[0] if K > 1 else [],
         },
         "final_whole_accuracy_per_order": per_order[:, -1].tolist(),
     }

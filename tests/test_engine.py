@@ -70,7 +70,38 @@ def test_run_writes_report_and_keeps_class_incremental_protocol(tmp_path):
     assert set(report["methods"]) == {"finetune", "replay", "joint"}
 
 
-EVERY_PART = {"memory_allocation": "difficulty", "replay_weighting": "threat", "prototype_drift": "compensated"}
+def test_eval_every_k_skips_evaluation_and_changes_nothing_else(tmp_path):
+    """--eval-every 2 over 5 tasks evaluates after tasks 2, 4 and 5 (the last always); those rows
+    equal a run that evaluates every task, the others carry no accuracy, and the report reads
+    what was evaluated."""
+    every = small_config(tmp_path / "every", methods=("replay",), orders=1)
+    experiment = build_experiment(every)
+    run(every, experiment, progress=False)
+    sparse = small_config(tmp_path / "sparse", methods=("replay",), orders=1)
+    sparse.train.eval_every = 2
+    report = run(sparse, experiment, progress=False)["methods"]["replay"]
+    full, cut = rows_without_time(tmp_path / "every"), rows_without_time(tmp_path / "sparse")
+    drop = lambda row: {k: v for k, v in row.items() if k != "train_examples"}
+    for k, (a, b) in enumerate(zip(full, cut)):
+        if k in (1, 3, 4):
+            assert drop(a) == drop(b)
+        else:
+            assert b["task_accuracy"] is None and b["relation_accuracy"] == {} and b["new_accuracy"] is None
+            assert b["relations"] == a["relations"] and b["train_examples"] == a["train_examples"]
+    stages = report["whole_accuracy_per_stage"]
+    assert [s is None for s in stages] == [True, False, True, False, False]
+    assert report["final_whole_accuracy"]["mean"] == pytest.approx(
+        sum(x * n for x, n in zip(full[-1]["task_accuracy"], full[-1]["task_size"])) / sum(full[-1]["task_size"])
+    )
+    assert report["forgetting"] is not None and None not in report["forgetting_per_task"][0]
+
+
+EVERY_PART = {
+    "memory_allocation": "difficulty",
+    "replay_weighting": "threat",
+    "prototype_drift": "compensated",
+    "type_margin": 1.0,
+}
 
 
 @pytest.mark.parametrize("method, parts", [("replay", {}), ("cml", {}), ("cml", {**EVERY_PART, "meta_batches": 2})])

@@ -153,6 +153,29 @@ def test_threat_replay_draws_old_relations_by_their_similarity_to_the_task(tmp_p
     assert uniform.epoch_items(engine, data, 0).tolist() == data.items.tolist()
 
 
+# --- type margins ----------------------------------------------------------------------------------
+
+
+def test_type_margins_follow_the_relation_space(tmp_path):
+    """The consolidation's margins are the scale times the relation space's similarity of every two
+    relations, none on the diagonal; the learn stage and a margin of 0 get none."""
+    from cml.methods import TYPE_MARGIN
+    from tests.test_cml import at_the_fourth_task
+
+    engine, experiment, _ = at_the_fourth_task(tmp_path, with_part("margins"))
+    engine.method.stages[1].run(engine)
+    learn, consolidate = engine.method.stages[0], engine.method.stages[2]
+    assert consolidate.type_margin == TYPE_MARGIN > 0
+    margins = consolidate.stage_data(engine, consolidate.losses).margins
+    relations, space = engine.data.relations, experiment.space
+    for a, b in itertools.product(range(len(relations)), repeat=2):
+        sim = space.similarity[space.relations.index(relations[a]), space.relations.index(relations[b])]
+        assert float(margins[a, b]) == pytest.approx(0.0 if a == b else TYPE_MARGIN * sim, rel=1e-6)
+    assert learn.stage_data(engine, learn.losses).margins is None
+    engine.context.options.type_margin = 0.0  # the option switches it off for every consolidation
+    assert consolidate.stage_data(engine, consolidate.losses).margins is None
+
+
 # --- first-order MER -------------------------------------------------------------------------------
 
 

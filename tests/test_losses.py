@@ -78,6 +78,26 @@ def test_prototype_contrastive_and_margin_by_hand():
     assert losses.hard_margin(z, labels, prototypes, seen, margin).item() == near(sum(hinge) / 2)
 
 
+def test_pair_margins_by_hand():
+    """With margins m[y, r], every wrong relation's score of an item of y is raised by m[y, r]."""
+    logits = torch.tensor([[2.0, 0.5, 1.0, -1e9], [0.0, 1.0, 0.3, -1e9]])  # relation 3 unseen
+    labels = torch.tensor([0, 2])
+    margins = torch.tensor([[0.0, 0.4, 1.5, 0.2], [0.4, 0.0, 0.1, 0.3], [0.7, 0.9, 0.0, 2.0], [0.2, 0.3, 2.0, 0.0]])
+    first = log_softmax([2.0, 0.5 + 0.4, 1.0 + 1.5])[0]
+    second = log_softmax([0.0 + 0.7, 1.0 + 0.9, 0.3])[2]
+    assert losses.cross_entropy(logits, labels, margins).item() == near(-(first + second) / 2)
+    assert losses.cross_entropy(logits, labels, torch.zeros(4, 4)).item() == near(
+        losses.cross_entropy(logits, labels).item()
+    )
+    z = unit([1.0, 0.2], [0.1, 1.0])
+    prototypes = unit([1.0, 0.0], [0.0, 1.0], [0.7, 0.7])
+    seen, tau = torch.tensor([True, True, False]), 0.1
+    sims = [[dot(z[i], p) / tau for p in prototypes.tolist()[:2]] for i in range(2)]
+    expected = -(log_softmax([sims[0][0], sims[0][1] + 0.4])[0] + log_softmax([sims[1][0] + 0.4, sims[1][1]])[1]) / 2
+    got = losses.prototype_contrastive(z, torch.tensor([0, 1]), prototypes, seen, tau, margins[:3, :3])
+    assert got.item() == near(expected)
+
+
 def test_margin_is_zero_once_every_item_is_far_enough_from_its_hardest_negative():
     z = unit([1.0, 0.0], [0.0, 1.0])
     prototypes = unit([1.0, 0.0], [0.0, 1.0])

@@ -41,6 +41,37 @@ def test_forgetting_afr_bwt():
     torch.testing.assert_close(metrics.backward_transfer(ACC), torch.tensor([-0.25, -0.1], dtype=torch.float64))
 
 
+def test_metrics_over_stages_not_evaluated():
+    """--eval-every 2 over 4 tasks evaluates after tasks 2 and 4: rows 1 and 3 are NaN."""
+    acc = torch.tensor(
+        [[[nan] * 4, [0.6, 0.8, nan, nan], [nan] * 4, [0.5, 0.7, 0.4, 0.9]]],
+        dtype=torch.float64,
+    )
+    n = torch.tensor([[10, 10, 20, 10]])
+    # W: nan, (6 + 8) / 20, nan, (5 + 7 + 8 + 9) / 50
+    w = metrics.whole_accuracy(acc, n)
+    assert math.isnan(w[0, 0]) and math.isnan(w[0, 2])
+    assert w[0, 1].item() == pytest.approx(0.7) and w[0, 3].item() == pytest.approx(29 / 50)
+    # f over the evaluated stages before the last: task 1 .6 - .5, task 2 .8 - .7; task 3 never
+    # evaluated before the last stage, so it has no forgetting
+    f = metrics.forgetting(acc)
+    torch.testing.assert_close(f[0, :2], torch.tensor([0.1, 0.1], dtype=torch.float64))
+    assert math.isnan(f[0, 2])
+    assert metrics.average_forgetting(acc).item() == pytest.approx(0.1)
+    # BWT over the tasks evaluated right after they were learned: task 2 only, .7 - .8
+    assert metrics.backward_transfer(acc).item() == pytest.approx(-0.1)
+    assert metrics.average_forgetting_rate(acc).item() == pytest.approx(0.1 / 0.8)
+
+
+def test_correlation_leaves_out_points_without_a_value():
+    x, y = [0.1, 0.4, nan, 0.3, 0.9, 0.5], [1.0, 2.0, 5.0, nan, 4.0, 3.0]
+    both = metrics.correlation(x, y)
+    alone = metrics.correlation([0.1, 0.4, 0.9, 0.5], [1.0, 2.0, 4.0, 3.0])
+    assert both.n == alone.n == 4
+    assert both.rho == pytest.approx(stats.spearmanr([0.1, 0.4, 0.9, 0.5], [1.0, 2.0, 4.0, 3.0]).statistic)
+    assert both.p_value == pytest.approx(alone.p_value)
+
+
 def test_afr_leaves_out_tasks_never_learned():
     acc = torch.tensor([[[0.0, nan, nan], [0.2, 0.5, nan], [0.1, 0.25, 1.0]]], dtype=torch.float64)
     torch.testing.assert_close(metrics.average_forgetting_rate(acc), torch.tensor([0.5], dtype=torch.float64))
