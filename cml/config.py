@@ -290,6 +290,12 @@ class CMLConfig:
         domain="[1, inf)",
     )
     meta_lr: float = option(0.1, "inner SGD learning rate of --meta-batches", domain="[0, inf)")
+    threatened: int = option(
+        8,
+        "old relations whose memory joins a learn stage on task+threatened: those with the highest type similarity "
+        "to a relation of the task",
+        domain="[0, inf)",
+    )
     type_margin: float | None = option(
         None,
         "consolidation (stages on the memory): pair margins m x sim(y, r) on the wrong relations' scores of the "

@@ -58,6 +58,8 @@ def cell_workload(method: Method, tasks: list[list[str]], data: EncodedData, con
                 n = {
                     "task": count(task, n_train),
                     "task+memory": count(task, n_train) + memory,
+                    "task+threatened": count(task, n_train)
+                    + sum(sorted(min(m, n_train[data.label_of[r]]) for r in in_memory)[::-1][: config.cml.threatened]),
                     "memory": memory * (copies if stage.augment else 1),
                     "seen": count(seen, n_train),
                 }[stage.data]

@@ -70,6 +70,7 @@ CML_PARTS: dict[str, tuple[bool, str]] = {
     "threat": (False, "threat-weighted replay"),
     "interference": (False, "first-order MER consolidation steps"),
     "margins": (False, "type-similarity margins in the consolidation"),
+    "focus": (False, "the memory of the old relations the task threatens most in the learn stage"),
 }
 
 
@@ -81,7 +82,7 @@ def cml(summary: str, **parts: bool) -> Method:
     return Method(
         summary,
         (
-            LEARN,
+            Train("learn", "task+threatened") if has["focus"] else LEARN,
             SelectMemory(allocation="difficulty" if has["allocation"] else "uniform"),
             consolidate(
                 CEAR_LOSSES,

@@ -36,7 +36,7 @@ from cml.tokens import EncodedSplit
 if TYPE_CHECKING:
     from cml.engine import Engine
 
-DATA_SOURCES = ("task", "task+memory", "memory", "seen")
+DATA_SOURCES = ("task", "task+memory", "task+threatened", "memory", "seen")
 ORDERS = ("shuffle", "curriculum", "curriculum-mix")
 
 
@@ -238,6 +238,8 @@ class Train:
             items = engine.data.train_indices(engine.current)
         elif self.data == "task+memory":
             items = torch.cat([engine.data.train_indices(engine.current), engine.memory.indices()])
+        elif self.data == "task+threatened":
+            items = torch.cat([engine.data.train_indices(engine.current), engine.memory.indices(threatened(engine))])
         elif self.data == "seen":
             items = engine.data.train_indices(engine.seen_relations)
         else:
@@ -289,6 +291,16 @@ class Train:
         weights = threat_weights(torch.where(is_old, to_task, to_old), is_old)
         generator = torch.Generator().manual_seed(engine.seed + 7919 * (epoch + 1))
         return data.items[torch.multinomial(weights, len(weights), replacement=True, generator=generator)]
+
+
+def threatened(engine: Engine) -> list[str]:
+    """The `cml.threatened` old relations the current task threatens most: those with the highest
+    type similarity to any of its relations (child is threatened by father, not by an average)."""
+    old = [r for r in engine.seen_relations if r not in engine.current]
+    space = engine.context.space
+    threat = space.pairwise(old + engine.current)[: len(old), len(old) :].max(1) if old else []
+    ranked = sorted(range(len(old)), key=lambda i: -threat[i])
+    return [old[i] for i in sorted(ranked[: engine.context.options.threatened])]
 
 
 def _curriculum_mix(engine: Engine, data: StageData, size: int, window: int, epoch: int) -> list[torch.Tensor]:
