@@ -41,7 +41,7 @@ def forward_backward_rate(
 
     def step(batch):
         with autocast(device, precision):
-            logits = model(batch, seen)
+            logits = model(batch, seen).logits
         model.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(logits.float(), batch["labels"]).backward()
 
@@ -56,3 +56,26 @@ def forward_backward_rate(
     if device.type == "cuda":
         torch.cuda.synchronize()
     return len(indices) / (time.perf_counter() - start), 1 - real / slots
+
+
+@torch.no_grad()
+def forward_rate(
+    model, split: EncodedSplit, indices: torch.Tensor, batch_size: int, pad_id: int, device, precision: str
+) -> float:
+    """Examples/s of forward alone (eval mode, no gradient) of the layers that run, in batches of
+    `batch_size` in the order given: the ceiling of evaluation, memory encoding and teacher passes."""
+    seen = torch.ones(model.classifier.out_features, dtype=torch.bool, device=device)
+    batches = [{k: v.to(device) for k, v in split.batch(b, pad_id).items()} for b in indices.split(batch_size)]
+    model.eval()
+
+    def go():
+        for batch in batches:
+            with autocast(device, precision):
+                model(batch, seen)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    go()  # warm-up
+    start = time.perf_counter()
+    go()
+    return len(indices) / (time.perf_counter() - start)

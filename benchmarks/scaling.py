@@ -4,7 +4,8 @@ peak resident memory of every task against its index.
 
 Takes run_cml.py's flags (the config, data, method; one method) plus `--task-counts` and writes
 `scaling.json`, `scaling.md` (one row per run: total time, evaluation share, peak memory) and
-`scaling.png` (seconds and peak memory per task against the task index) to `--output`.
+`scaling.png` (seconds and peak memory per task against the task index) to `--output`. Each
+run is saved as it ends; the same command again skips the runs already in `scaling.json`.
 
 python benchmarks/scaling.py --config configs/fewrel.yaml --data-dir ../shared/data/fewrel \\
     --method cml --task-counts 5,10,20,40 --output runs/scaling
@@ -121,11 +122,14 @@ def main(argv: list[str]) -> None:
         sys.exit("benchmarks/scaling.py: give one --method")
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
+    saved = out / "scaling.json"
+    runs = json.loads(saved.read_text()) if saved.exists() else []  # run again, it goes on where it stopped
+    done = {(r["tasks"], r["eval_every"]) for r in runs}
     for n_tasks in map(int, mine.task_counts.split(",")):
         for eval_every in (1, n_tasks):
-            runs.append(one_run(config, n_tasks, eval_every))
-            (out / "scaling.json").write_text(json.dumps(runs, indent=1))  # kept as each run ends
+            if (n_tasks, eval_every) not in done:
+                runs.append(one_run(config, n_tasks, eval_every))
+                saved.write_text(json.dumps(runs, indent=1))  # kept as each run ends
     (out / "scaling.md").write_text(table(runs))
     plot(runs, out / "scaling.png")
     print(table(runs))

@@ -176,6 +176,27 @@ def test_type_margins_follow_the_relation_space(tmp_path):
     assert consolidate.stage_data(engine, consolidate.losses).margins is None
 
 
+# --- the threatened memory in the learn stage ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [0, 2, 100])
+def test_learn_stage_takes_the_memory_of_the_most_threatened_old_relations(tmp_path, k):
+    """cml+focus learns on the task and the memory of the k old relations with the highest type
+    similarity to any relation of the task (by brute force over the relation space)."""
+    from tests.test_cml import at_the_fourth_task
+
+    engine, experiment, tasks = at_the_fourth_task(tmp_path, with_part("focus"))
+    engine.context.options.threatened = k
+    learn = engine.method.stages[0]
+    assert learn.data == "task+threatened"
+    space, old = experiment.space, [r for task in tasks[:3] for r in task]
+    threat = {r: max(space.similarity[space.index[r], space.index[t]] for t in tasks[3]) for r in old}
+    expected = sorted(old, key=lambda r: -threat[r])[:k]
+    items = learn.stage_data(engine, learn.losses).items
+    task_items = engine.data.train_indices(tasks[3])
+    assert sorted(items.tolist()) == sorted(task_items.tolist() + engine.memory.indices(expected).tolist())
+
+
 # --- first-order MER -------------------------------------------------------------------------------
 
 
