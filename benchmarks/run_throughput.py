@@ -1,9 +1,10 @@
 """End-to-end throughput of a CRE run against the ceiling of the encoder that runs it.
 
 Runs `run_cml.py` with the flags given (the same flags), then measures, in the same process and
-precision, the two ceilings on the run's own sentences in length-sorted batches: forward +
-backward of the layers that train at the training batch size, and forward alone at the
-evaluation batch size. Every phase of the run gets its seconds, its share of the wall time and,
+precision, the two ceilings on the run's own sentences: forward + backward of the layers that
+train at the training batch size, and forward alone at the evaluation batch size, each over
+batches of the whole split sorted by length, picked evenly across it (the lengths of the
+split, the least padding any batching gets). Every phase of the run gets its seconds, its share of the wall time and,
 where it runs the encoder, its examples/s and their share of the matching ceiling. The end-to-end
 figure counts all the encoder work the run must do (training examples at the first ceiling,
 forward-only examples: evaluation, memory encoding, teacher and bank passes, at the second) and
@@ -16,8 +17,7 @@ python benchmarks/run_throughput.py --config configs/fewrel.yaml --data-dir ../s
 import sys
 import time
 
-import torch
-from _machine import forward_backward_rate, forward_rate, header, peak_memory
+from _machine import forward_backward_rate, forward_rate, header, peak_memory, spread_batches
 
 from cml.cli import config_from_args, parser
 from cml.device import eval_batch_size
@@ -40,16 +40,19 @@ wall = time.perf_counter() - start
 config, device = resolved(config)
 model, data, _ = build_learner(config, experiment, device)
 eval_batch = eval_batch_size(config.train.eval_batch_size, device)
-sample = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[: 40 * config.train.batch_size]
-by_length = sample[torch.argsort(data.train.lengths[sample], stable=True)]
 ceiling, padding = forward_backward_rate(
-    model, data.train, by_length, config.train.batch_size, data.pad_id, device, config.train.precision
+    model,
+    data.train,
+    spread_batches(data.train.lengths, config.train.batch_size, 40),
+    config.train.batch_size,
+    data.pad_id,
+    device,
+    config.train.precision,
 )
-forward_sample = torch.randperm(len(data.evaluation), generator=torch.Generator().manual_seed(0))[: 8 * eval_batch]
 forward_ceiling = forward_rate(
     model,
     data.evaluation,
-    forward_sample[torch.argsort(data.evaluation.lengths[forward_sample], stable=True)],
+    spread_batches(data.evaluation.lengths, eval_batch, 8),
     eval_batch,
     data.pad_id,
     device,

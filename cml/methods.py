@@ -61,7 +61,8 @@ TYPE_MARGIN = 1.0  # scale of the consolidation's type margins
 # FewRel's validation split, full data, orders 0-2 (README, "What was tried"): drift compensation
 # was the one new part that did not cost accuracy (+0.2 over the three orders, p 0.32); memory by
 # difficulty (-0.4, order 0), threat-weighted replay (-0.7, orders 0-1) and the MER step (-0.4,
-# order 0) did, and all four together cost 1.1.
+# order 0) did, and all four together cost 1.1. Added to that cml: type margins -0.4 (m 1,
+# order 0), the threatened memory in the learn stage -0.3 (8 relations, orders 0-2, p 0.65).
 CML_PARTS: dict[str, tuple[bool, str]] = {
     "curriculum": (True, "consolidation batches released easy to hard by the curriculum"),
     "meta": (True, "the Reptile step after the learn stage"),
