@@ -53,13 +53,14 @@ def cell_workload(method: Method, tasks: list[list[str]], data: EncodedData, con
         for stage in method.stages:
             if k < stage.first_task:
                 continue
-            memory = sum(min(m, n_train[data.label_of[r]]) for r in in_memory)
+            held = sorted((min(m, n_train[data.label_of[r]]) for r in in_memory), reverse=True)
+            memory = sum(held)
             if isinstance(stage, Train):
                 n = {
                     "task": count(task, n_train),
                     "task+memory": count(task, n_train) + memory,
-                    "task+threatened": count(task, n_train)
-                    + sum(sorted(min(m, n_train[data.label_of[r]]) for r in in_memory)[::-1][: config.cml.threatened]),
+                    # the threatened relations' memory: at most the `threatened` largest (exact when all hold m)
+                    "task+threatened": count(task, n_train) + sum(held[: config.cml.threatened]),
                     "memory": memory * (copies if stage.augment else 1),
                     "seen": count(seen, n_train),
                 }[stage.data]
