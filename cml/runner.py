@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from cml.cache import cache_dir
 from cml.cells import CHECKPOINTS, LOGS, Cell, Grid, cells, checkpoint_path
-from cml.config import RunConfig, first_difference
+from cml.config import RunConfig, first_difference, flatten
 from cml.data.records import MARKERS
 from cml.device import release_freed_memory, resolve_device, resolve_precision
 from cml.encoder import RelationEncoder, load_backbone, load_tokenizer
@@ -92,7 +92,9 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     if resume:
         if not saved_path.exists():
             raise CMLInputError(f"no {CONFIG_FILE}: not a run directory to resume", run_dir)
-        differs = first_difference(yaml.safe_load(saved_path.read_text()), config.to_dict(), IGNORED_ON_RESUME)
+        # an option the saved config lacks did not exist when the run was made: it ran at the default
+        saved = {**flatten(RunConfig().to_dict()), **flatten(yaml.safe_load(saved_path.read_text()))}
+        differs = first_difference(saved, config.to_dict(), IGNORED_ON_RESUME)
         if differs:
             key, used, asked = differs
             raise CMLInputError(

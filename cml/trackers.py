@@ -63,10 +63,25 @@ class MLflow:
         if uri.startswith("file:"):  # MLflow 3 keeps its file store in maintenance and asks for this opt-in
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(uri)
-        found = self.client.get_experiment_by_name(group)
-        experiment = found.experiment_id if found else self.client.create_experiment(group)
-        self.run_id = self.client.create_run(experiment, run_name=name).info.run_id
+        self.run_id = self.client.create_run(self._experiment(group), run_name=name).info.run_id
         self.client.log_batch(self.run_id, params=[Param(k, v[:500]) for k, v in params.items()])
+
+    def _experiment(self, group: str) -> str:
+        """The id of the experiment `group`, created where it does not exist. Cells on Ray start
+        side by side: when another cell creates it between the lookup and the creation, MLflow
+        refuses the second creation, and the lookup then finds it."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(group)
+        if found:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(group)
+        except MlflowException:
+            found = self.client.get_experiment_by_name(group)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric

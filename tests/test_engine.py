@@ -179,6 +179,24 @@ def test_resume_with_a_different_config_touches_nothing(tmp_path, capsys):
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
 
 
+def test_a_run_made_before_an_option_existed_resumes_at_its_default(tmp_path):
+    """A config.yaml without an option (written by an earlier version) resumes as if it held
+    the option's default, and still refuses a command that sets it otherwise."""
+    import yaml
+
+    config = small_config(tmp_path / "run", methods=("finetune",), orders=1)
+    run(config, build_experiment(config), progress=False)
+    saved = tmp_path / "run" / "config.yaml"
+    older = yaml.safe_load(saved.read_text())
+    del older["train"]["eval_every"], older["cml"]["threatened"]
+    older["data"]["orders"] = 2  # and one more order to run
+    saved.write_text(yaml.safe_dump(older))
+    assert main(["--resume", str(tmp_path / "run"), "--eval-every", "2"]) == 2
+    assert main(["--resume", str(tmp_path / "run")]) == 0
+    rows = rows_without_time(tmp_path / "run")
+    assert {r["order"] for r in rows} == {0, 1} and all(r["task_accuracy"] is not None for r in rows)
+
+
 def test_a_run_resumes_only_in_the_precision_it_ran_in(tmp_path, capsys):
     config = small_config(tmp_path / "run", methods=("finetune",), orders=1)
     config.train.precision = "fp32"

@@ -73,3 +73,31 @@ def test_a_tracker_that_is_not_installed_is_an_error_naming_the_extra(tmp_path, 
     assert main(["--log-to", "wandb", "--encoder", "tiny", "--output", str(tmp_path / "run")]) == 2
     assert "--log-to wandb needs wandb: pip install -e '.[wandb]'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_mlflow_cells_creating_their_group_at_once_share_it(tmp_path, monkeypatch):
+    """Another cell creates the experiment between this cell's lookup and its creation (two Ray
+    workers starting side by side): the creation is refused, and the cell joins the other's."""
+    from mlflow.tracking import MlflowClient
+
+    from cml.trackers import MLflow
+
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    lookup = MlflowClient.get_experiment_by_name
+    raced = {"done": False}
+
+    def late_lookup(self, name):
+        if not raced["done"]:  # the first lookup misses; meanwhile the other cell creates it
+            raced["done"] = True
+            MlflowClient(uri).create_experiment(name)
+            return None
+        return lookup(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", late_lookup)
+    first = MLflow(uri, "grid", "cml-order0-seed3", {})
+    second = MLflow(uri, "grid", "cml-order1-seed3", {})
+    client = MlflowClient(uri)
+    experiment = lookup(client, "grid").experiment_id
+    assert {r.info.run_name for r in client.search_runs([experiment])} == {"cml-order0-seed3", "cml-order1-seed3"}
+    assert first.run_id != second.run_id
