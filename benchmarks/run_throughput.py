@@ -24,9 +24,7 @@ from cml.device import eval_batch_size
 from cml.experiment import build_experiment
 from cml.report import pm
 from cml.runner import build_learner, resolved, run
-from cml.timing import TRAIN_PHASE, PhaseTimer
-
-FORWARD_PHASES = ("evaluation forward", "memory forward", "teacher forward", "bank forward")
+from cml.timing import FORWARD_PHASES, TRAIN_PHASE, PhaseTimer
 
 header()
 args = parser().parse_args(sys.argv[1:])

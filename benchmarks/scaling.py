@@ -20,14 +20,13 @@ from pathlib import Path
 import torch
 from _machine import header
 
+from cml.cells import task_seed
 from cml.cli import config_from_args, parser
 from cml.engine import Engine
 from cml.experiment import build_experiment
 from cml.methods import METHODS
 from cml.runner import build_learner, resolved
-from cml.timing import PhaseTimer
-
-EVALUATION = "evaluation forward"
+from cml.timing import EVALUATION_PHASE, PhaseTimer
 
 
 def peak_rss_since_reset() -> float:
@@ -43,8 +42,8 @@ def reset_peak_rss() -> None:
 
 
 def one_run(config, n_tasks: int, eval_every: int) -> dict:
-    """One order of the config's method over `n_tasks` tasks; seconds, evaluation seconds and
-    peak memory per task."""
+    """One order of the config's method over `n_tasks` tasks, seeded as a run of it is; seconds,
+    evaluation seconds and peak memory per task."""
     config.data.n_tasks, config.data.orders, config.data.order_protocol = n_tasks, 1, "random"
     config.train.eval_every = eval_every
     config, device = resolved(config)
@@ -57,16 +56,16 @@ def one_run(config, n_tasks: int, eval_every: int) -> dict:
     tasks, rows = experiment.orders[0].tasks, []
     for k, task in enumerate(tasks):
         reset_peak_rss()
-        engine.seed = config.seed + k
+        engine.seed = task_seed(config.seed, method, 0, k)  # the seeds a run of this order takes
         torch.manual_seed(engine.seed)
-        evaluation, began = timer.seconds.get(EVALUATION, 0.0), time.perf_counter()
+        evaluation, began = timer.seconds[EVALUATION_PHASE], time.perf_counter()
         result = engine.run_task(task)
         rows.append(
             {
                 "task": k,
                 "seen_relations": len(engine.seen_relations),
                 "seconds": time.perf_counter() - began,
-                "evaluation_seconds": timer.seconds.get(EVALUATION, 0.0) - evaluation,
+                "evaluation_seconds": timer.seconds[EVALUATION_PHASE] - evaluation,
                 "peak_gib": peak_rss_since_reset(),
                 "whole_accuracy": None if not result.evaluated else result.whole_accuracy,
             }

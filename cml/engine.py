@@ -33,7 +33,7 @@ from cml.plugins import Plugin
 from cml.prototypes import Prototypes, predictions
 from cml.relations import RelationSpace
 from cml.stages import Bank, StageData
-from cml.timing import TRAIN_PHASE, PhaseTimer
+from cml.timing import EVALUATION_PHASE, TRAIN_PHASE, PhaseTimer
 from cml.tokens import EncodedSplit
 
 
@@ -343,7 +343,7 @@ class Engine:
         relations = self.seen_relations
         split = self.data.evaluation
         indices = self.data.evaluation_indices(relations)
-        out = self.encode(split, indices, "evaluation forward")
+        out = self.encode(split, indices, EVALUATION_PHASE)
         labels = split.labels[indices]
         seen = self.seen.cpu()
         prototypes = (

@@ -120,10 +120,9 @@ class RelationSpace:
         """d(r | R) = mean over b in R of sim(r, b)."""
         return float(self.similarity[self.index[relation], self._ix(others)].mean())
 
-    def pairwise(self, relations: list[str]) -> np.ndarray:
-        """sim(a, b) for every pair of `relations`, rows and columns in their order."""
-        ix = self._ix(relations)
-        return self.similarity[np.ix_(ix, ix)]
+    def pairwise(self, rows: list[str], columns: list[str] | None = None) -> np.ndarray:
+        """sim(a, b) for a in `rows` and b in `columns` (default: `rows`), in their order."""
+        return self.similarity[np.ix_(self._ix(rows), self._ix(rows if columns is None else columns))]
 
     def nearest(self, relation: str, k: int = 5) -> list[tuple[str, float]]:
         row = self.similarity[self.index[relation]]

@@ -297,8 +297,7 @@ def threatened(engine: Engine) -> list[str]:
     """The `cml.threatened` old relations the current task threatens most: those with the highest
     type similarity to any of its relations (child is threatened by father, not by an average)."""
     old = [r for r in engine.seen_relations if r not in engine.current]
-    space = engine.context.space
-    threat = space.pairwise(old + engine.current)[: len(old), len(old) :].max(1) if old else []
+    threat = engine.context.space.pairwise(old, engine.current).max(1) if old else []
     ranked = sorted(range(len(old)), key=lambda i: -threat[i])
     return [old[i] for i in sorted(ranked[: engine.context.options.threatened])]
 

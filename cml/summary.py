@@ -136,7 +136,12 @@ def forgetting_sources(grid: Grid, experiment: Experiment, per_run: torch.Tensor
 
 def nan_to_none(matrix: list[list[float]]) -> list[list[float | None]]:
     """A matrix for JSON: NaN (no value, e.g. a task not yet seen) as null."""
-    return [[None if math.isnan(x) else x for x in row] for row in matrix]
+    return [nulls(row) for row in matrix]
+
+
+def nulls(values: list[float]) -> list[float | None]:
+    """A list for JSON: NaN (no value, e.g. a stage not evaluated: `--eval-every`) as null."""
+    return [None if math.isnan(x) else x for x in values]
 
 
 def as_dict(value) -> dict | None:
@@ -233,17 +238,14 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
         "train_examples_per_second": examples / max(seconds, 1e-9),
         # what the plots draw
         "mean_accuracy_matrix": nan_to_none(torch.nanmean(acc, 0).tolist()),
-        "whole_accuracy_by_stage_over_orders": dict(
-            zip(
-                ("mean", "min", "max"),
-                nan_to_none(
-                    [per_order.mean(0).tolist(), per_order.min(0).values.tolist(), per_order.max(0).values.tolist()]
-                ),
-            )
-        ),
+        "whole_accuracy_by_stage_over_orders": {
+            "mean": nulls(per_order.mean(0).tolist()),
+            "min": nulls(per_order.min(0).values.tolist()),
+            "max": nulls(per_order.max(0).values.tolist()),
+        },
         "task_difficulty_forgetting": {
             "difficulty": difficulty[:, :-1].flatten().tolist(),
-            "forgetting": nan_to_none([task_forgetting.flatten().tolist()])[0] if K > 1 else [],
+            "forgetting": nulls(task_forgetting.flatten().tolist()) if K > 1 else [],
         },
         "final_whole_accuracy_per_order": per_order[:, -1].tolist(),
     }

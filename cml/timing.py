@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 import torch
 
 TRAIN_PHASE = "train forward+backward"
-# the phases that run the encoder; the rest (optimiser step, K-means, Reptile, ...) is overhead
-ENCODER_PHASES = (TRAIN_PHASE, "evaluation forward", "memory forward")
+EVALUATION_PHASE = "evaluation forward"
+# the phases that run the encoder forward only; with TRAIN_PHASE, all the encoder's work (the rest:
+# optimiser step, K-means, Reptile, ... is overhead)
+FORWARD_PHASES = (EVALUATION_PHASE, "memory forward", "teacher forward", "bank forward")
 
 
 @dataclass

@@ -8,10 +8,8 @@ from cml.estimate import Rates, Workload, cell_workload
 from cml.experiment import build_experiment
 from cml.methods import METHODS
 from cml.runner import build_learner, resolved, run
-from cml.timing import TRAIN_PHASE, PhaseTimer
+from cml.timing import FORWARD_PHASES, TRAIN_PHASE, PhaseTimer
 from tests.test_engine import small_config
-
-FORWARD_PHASES = ("evaluation forward", "memory forward", "teacher forward", "bank forward")
 
 
 @pytest.mark.parametrize(
