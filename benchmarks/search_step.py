@@ -6,6 +6,7 @@ python benchmarks/search_step.py [--steps 20] [--threads N]
 
 import argparse
 import time
+from itertools import repeat
 
 import torch
 from _machine import header
@@ -29,10 +30,10 @@ print("|---|---|---|")
 for method in ("darts1", "darts2", "idarts"):
     config = SearchConfig(method=method, steps=a.steps)
     searcher = DartsSearch(SearchModel(a.in_dim, 8, config), config)
-    searcher.step(batch, batch)  # warm-up
+    searcher.step(repeat(batch), repeat(batch))  # warm-up
     start = time.perf_counter()
     for _ in range(a.steps):
-        searcher.step(batch, batch)
+        searcher.step(repeat(batch), repeat(batch))
     per_step = (time.perf_counter() - start) / a.steps
     name = f"{method} (K = {config.neumann_terms})" if method == "idarts" else method
     print(f"| {name} | {per_step:.3f} | {1 / per_step:.1f} |")

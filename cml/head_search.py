@@ -59,6 +59,11 @@ def run_search(config: RunConfig, experiment: Experiment, device: torch.device, 
         "op_histogram": result.genotype.histogram(),
         "stopped_early": result.stopped_early,
         "search_seconds": round(result.seconds, 1),
+        "supernet": {
+            key: result.history[-1][f"val_accuracy{suffix}"]
+            for key, suffix in (("as_trained", ""), ("noise_free", "_noise_free"), ("discretised", "_discretised"))
+        },
+        "discretisation_gap": round(result.discretisation_gap, 5),
         "history": result.history,
         "alpha": _alpha_table(result),
         "heads": comparison,
@@ -134,6 +139,16 @@ def markdown(report: dict) -> str:
     for node in report["genotype"]["nodes"]:
         lines.append(f"- node {node['node']}: " + ", ".join(f"{e['op']}(node {e['from']})" for e in node["edges"]))
     lines += ["", "Op histogram: " + ", ".join(f"{op} {n}" for op, n in sorted(report["op_histogram"].items())), ""]
+    supernet = report["supernet"]
+    lines += [
+        (
+            f"Supernet at the end, validation accuracy: {100 * supernet['as_trained']:.1f} as trained, "
+            f"{100 * supernet['noise_free']:.1f} without the relaxation's noise, "
+            f"{100 * supernet['discretised']:.1f} cut to the genotype with its weights "
+            f"(discretisation gap {100 * report['discretisation_gap']:+.1f} points)."
+        ),
+        "",
+    ]
     rows = [
         [name, f"{h['parameters']:,}", f"{100 * h['val_accuracy']:.1f}", f"{100 * h['test_accuracy']:.1f}"]
         for name, h in report["heads"].items()
@@ -162,7 +177,7 @@ def plot(report: dict, run_dir: Path) -> None:
     ax.set_yticks(range(len(table)), list(alpha["edges"]))
     ax.set_xlabel("op")
     ax.set_ylabel("edge")
-    ax.set_title("softmax(alpha) per edge at the end of the search")
+    ax.set_title("softmax(alpha / tau) per edge at the end of the search")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(run_dir / "alpha_heatmap.png", dpi=120)
@@ -170,7 +185,12 @@ def plot(report: dict, run_dir: Path) -> None:
 
     steps = [h["step"] for h in report["history"]]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [h["val_accuracy"] for h in report["history"]], marker="o", label="supernet val accuracy")
+    for key, label in (
+        ("val_accuracy", "supernet as trained"),
+        ("val_accuracy_noise_free", "supernet without noise"),
+        ("val_accuracy_discretised", "cut to the genotype"),
+    ):
+        ax.plot(steps, [h[key] for h in report["history"]], marker="o", label=label)
     ax.set_xlabel("search step")
     ax.set_ylabel("val accuracy")
     skips = ax.twinx()

@@ -45,6 +45,8 @@ def sample(opt):
         value = {"train.head": "linear", "cml.types": "induced"}.get(opt.key, "somewhere")
     elif opt.kind is int:
         value = int(opt.domain.low) + 3
+        if value > opt.domain.high:  # a short closed range: its largest value that is not the default
+            value = next(v for v in range(int(opt.domain.high), int(opt.domain.low) - 1, -1) if v != opt.default)
     else:
         value = 0.375
     return value, [str(value)]

@@ -50,14 +50,19 @@ class SuperCell(Cell):
         self.mixed = nn.ModuleList(nn.ModuleList(OPS[o](width) for o in self.ops) for _ in self.edges)
         self.row = {edge: r for r, edge in enumerate(self.edges)}
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, sparse: bool = False) -> torch.Tensor:
+        """`sparse`: `weights` is a constant with zeros (a child cell's one-hot mixing), and the
+        ops it zeroes are not run at all (a single path costs one op per kept edge)."""
+        active = (weights != 0).tolist() if sparse else None
+
         def node(j: int, states: list[torch.Tensor]) -> torch.Tensor:
             total = 0
             for i in range(j):
                 r = self.row[(i, j)]
                 for o, op in enumerate(self.mixed[r]):
-                    if self.ops[o] != "none":  # the zero op adds nothing but its weight in the softmax
-                        total = total + weights[r, o] * op(states[i])
+                    if self.ops[o] == "none" or (active is not None and not active[r][o]):
+                        continue  # the zero op adds nothing but its weight in the softmax
+                    total = total + weights[r, o] * op(states[i])
             return total
 
         return self.run(x, node)
@@ -88,14 +93,45 @@ class ArchParameters(nn.Module):
         self.alpha = nn.Parameter(1e-3 * torch.randn(n_edges, n_ops, generator=generator))
 
 
-def discretize(probs: torch.Tensor, cell: SuperCell, keep: int = 2) -> Genotype:
-    """For each intermediate node keep the `keep` incoming edges whose strongest non-`none` op is
-    strongest, and on each kept edge that op (docs/method.md, "Head-cell search")."""
+DISCRETISATIONS = ("edges", "pairs", "nodewise")
+
+
+def discretize(logits: torch.Tensor, cell: SuperCell, keep: int = 2, policy: str = "edges") -> Genotype:
+    """The discrete cell of architecture logits (alpha / tau), `keep` inputs per intermediate node
+    (fewer where a node has fewer incoming edges), after a policy of the LHD benchmark's
+    (docs/method.md, "Head-cell search"); `none` is never kept:
+
+    - `edges`: the `keep` incoming edges whose strongest op is strongest under the edge's own
+      softmax, each with that op (DARTS);
+    - `pairs`: the `keep` strongest (edge, op) pairs under each edge's softmax, so one edge may
+      keep two ops;
+    - `nodewise`: one softmax over all of a node's incoming (edge, op) pairs without `none`, then
+      the `keep` edges with the strongest pair, each with its op: edges are ranked by their
+      logits, not by how peaked their own softmax is.
+    """
     usable = torch.tensor([o != "none" for o in cell.ops])
-    masked = probs.detach().cpu().masked_fill(~usable, -1.0)
+    logits = logits.detach().cpu()
+    score = logits.masked_fill(~usable, float("-inf"))
+    if policy != "nodewise":
+        score = logits.softmax(-1).masked_fill(~usable, -1.0)
     nodes = []
     for j in range(N_INPUTS, N_INPUTS + cell.n_nodes):
+        if policy == "pairs":
+            pairs = [(i, o) for i in range(j) for o in range(len(cell.ops)) if usable[o]]
+            best = sorted(pairs, key=lambda io: (-float(score[cell.row[(io[0], j)], io[1]]), io))[:keep]
+            nodes.append(tuple(Edge(i, cell.ops[o]) for i, o in sorted(best)))
+            continue
         rows = [(i, cell.row[(i, j)]) for i in range(j)]
-        best = sorted(rows, key=lambda ir: (-float(masked[ir[1]].max()), ir[0]))[:keep]
-        nodes.append(tuple(Edge(i, cell.ops[int(masked[r].argmax())]) for i, r in sorted(best)))
+        best = sorted(rows, key=lambda ir: (-float(score[ir[1]].max()), ir[0]))[:keep]
+        nodes.append(tuple(Edge(i, cell.ops[int(score[r].argmax())]) for i, r in sorted(best)))
     return Genotype(tuple(nodes), cell.width)
+
+
+def one_hot_mixing(genotype: Genotype, cell: SuperCell) -> torch.Tensor:
+    """The mixing under which the supernet computes `genotype`'s cell with the supernet's own
+    weights: 1 on each kept edge's op, 0 elsewhere."""
+    mixing = torch.zeros(len(cell.edges), len(cell.ops), device=cell.inputs[0].weight.device)
+    for k, node in enumerate(genotype.nodes):
+        for edge in node:
+            mixing[cell.row[(edge.source, k + N_INPUTS)], cell.ops.index(edge.op)] = 1.0
+    return mixing
