@@ -106,7 +106,7 @@ class OneShot:
         loss = nn.functional.cross_entropy(self.model.classifier(states), y)
         if self.alignment:
             with torch.no_grad():
-                teacher = self.model.cell(x, self.uniform)
+                teacher = self.model.cell(x, self.uniform.to(x.device))
             loss = loss + self.alignment * nn.functional.mse_loss(states, teacher)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
