@@ -81,6 +81,17 @@ def test_discretize_keeps_the_two_strongest_edges_and_their_best_real_op():
     assert g.nodes == ((Edge(0, "glu"), Edge(1, "linear")), (Edge(0, "skip"), Edge(2, "layernorm_linear")))
 
 
+def discrete_with_weights_of(cell: SuperCell, genotype: Genotype, in_dim: int) -> DiscreteCell:
+    """`genotype`'s discrete cell holding the supernet's weights of its inputs and kept ops."""
+    discrete = DiscreteCell(genotype, in_dim)
+    discrete.inputs.load_state_dict(cell.inputs.state_dict())
+    for k, node in enumerate(genotype.nodes):
+        for e, edge in enumerate(node):
+            op = cell.mixed[cell.row[(edge.source, k + 2)]][cell.ops.index(edge.op)]
+            discrete.node_ops[k][e].load_state_dict(op.state_dict())
+    return discrete
+
+
 def test_supernet_with_one_hot_mixing_computes_the_discrete_cell():
     torch.manual_seed(0)
     cell = SuperCell(in_dim=10, width=6, n_nodes=3)
@@ -92,14 +103,11 @@ def test_supernet_with_one_hot_mixing_computes_the_discrete_cell():
         ),
         6,
     )
-    discrete = DiscreteCell(genotype, in_dim=10)
-    discrete.inputs.load_state_dict(cell.inputs.state_dict())
+    discrete = discrete_with_weights_of(cell, genotype, in_dim=10)
     mixing = torch.zeros(len(cell.edges), len(cell.ops))
     for k, node in enumerate(genotype.nodes):
-        for e, edge in enumerate(node):
-            r, o = cell.row[(edge.source, k + 2)], cell.ops.index(edge.op)
-            mixing[r, o] = 1.0
-            discrete.node_ops[k][e].load_state_dict(cell.mixed[r][o].state_dict())
+        for edge in node:
+            mixing[cell.row[(edge.source, k + 2)], cell.ops.index(edge.op)] = 1.0
     x = torch.randn(5, 10)
     assert torch.allclose(cell(x, mixing), discrete(x), atol=1e-6)
     assert discrete(x).shape == (5, discrete.out_dim) == (5, 18)
@@ -273,12 +281,7 @@ def test_the_supernet_is_scored_as_trained_noise_free_and_cut_to_its_genotype():
 
     model, alpha = searcher.model, searcher.arch.alpha.detach()
     genotype = searcher.get_final_architecture()
-    discrete = DiscreteCell(genotype, in_dim=12)
-    discrete.inputs.load_state_dict(model.cell.inputs.state_dict())
-    for k, node in enumerate(genotype.nodes):
-        for e, edge in enumerate(node):
-            r, o = model.cell.row[(edge.source, k + 2)], model.cell.ops.index(edge.op)
-            discrete.node_ops[k][e].load_state_dict(model.cell.mixed[r][o].state_dict())
+    discrete = discrete_with_weights_of(model.cell, genotype, in_dim=12)
     with torch.no_grad():
         cut = model.classifier(discrete(data["val"].x)).argmax(-1)
         noise = torch.Generator().manual_seed(3 + 1)

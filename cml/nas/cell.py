@@ -47,6 +47,7 @@ class SuperCell(Cell):
     def __init__(self, in_dim: int, width: int = 128, n_nodes: int = 4, ops: tuple[str, ...] = OP_NAMES):
         super().__init__(in_dim, width, n_nodes)
         self.ops, self.edges = tuple(ops), cell_edges(n_nodes)
+        self.real_ops = tuple(o for o in self.ops if o != "none")  # what a discrete cell may keep
         self.mixed = nn.ModuleList(nn.ModuleList(OPS[o](width) for o in self.ops) for _ in self.edges)
         self.row = {edge: r for r, edge in enumerate(self.edges)}
 
@@ -109,10 +110,11 @@ def discretize(logits: torch.Tensor, cell: SuperCell, keep: int = 2, policy: str
       the `keep` edges with the strongest pair, each with its op: edges are ranked by their
       logits, not by how peaked their own softmax is.
     """
-    usable = torch.tensor([o != "none" for o in cell.ops])
+    usable = torch.tensor([o in cell.real_ops for o in cell.ops])
     logits = logits.detach().cpu()
-    score = logits.masked_fill(~usable, float("-inf"))
-    if policy != "nodewise":
+    if policy == "nodewise":
+        score = logits.masked_fill(~usable, float("-inf"))
+    else:
         score = logits.softmax(-1).masked_fill(~usable, -1.0)
     nodes = []
     for j in range(N_INPUTS, N_INPUTS + cell.n_nodes):

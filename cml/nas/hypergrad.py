@@ -61,8 +61,9 @@ class Implicit:
     of the identity) only where gamma lambda is not small: with gamma lambda << 1 every term is
     about v and the estimate is first-order DARTS scaled by (K + 1) gamma. So every call
     estimates |lambda|_max by power iteration (`power_steps` products, warm-started from the last
-    call's vector; `first_power_steps` on the first call) and, with `gamma=None`, sets gamma = `safety` / lambda_max; a fixed gamma that
-    breaks the bound is warned about once. `last` holds the call's lambda_max and gamma.
+    call's vector; `first_power_steps` on the first call) and, with `gamma=None`, sets
+    gamma = `safety` / lambda_max; a fixed gamma that breaks the bound is warned about once.
+    `last` holds the call's lambda_max and gamma.
 
     H is symmetric, so a Hessian-vector product is a vector-Jacobian product of grad_w L_train:
     it is linearised once per call and each product is then one backward pass (3-4x faster on a

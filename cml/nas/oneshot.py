@@ -33,7 +33,7 @@ def _pick(n: int, generator: torch.Generator) -> int:
 def random_cell(cell: SuperCell, keep: int, generator: torch.Generator) -> Genotype:
     """Uniform over the discretised space: each node's `keep` sources (distinct, or all of them
     where it has fewer) and one real op on each."""
-    ops = [o for o in cell.ops if o != "none"]
+    ops = cell.real_ops
     nodes = []
     for j in range(N_INPUTS, N_INPUTS + cell.n_nodes):
         sources = sorted(torch.randperm(j, generator=generator)[:keep].tolist())
@@ -44,7 +44,7 @@ def random_cell(cell: SuperCell, keep: int, generator: torch.Generator) -> Genot
 def neighbour(genotype: Genotype, cell: SuperCell, generator: torch.Generator) -> Genotype:
     """`genotype` with one kept edge drawn again: a new op on it, or (where the node has a free
     earlier node) a new source with any op; never the same cell."""
-    ops = [o for o in cell.ops if o != "none"]
+    ops = cell.real_ops
     k = _pick(len(genotype.nodes), generator)
     node, e = list(genotype.nodes[k]), _pick(len(genotype.nodes[k]), generator)
     free = sorted(set(range(k + N_INPUTS)) - {edge.source for edge in node})
@@ -85,7 +85,7 @@ class OneShot:
         self.generator = torch.Generator().manual_seed(self.seed)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9, weight_decay=3e-4)
         cell = self.model.cell
-        real = torch.tensor([o != "none" for o in cell.ops], dtype=torch.float)
+        real = torch.tensor([o in cell.real_ops for o in cell.ops], dtype=torch.float)
         self.uniform = (real / real.sum()).expand(len(cell.edges), -1)  # the teacher's mixing
         self.current: Genotype | None = None
 

@@ -65,11 +65,6 @@ class Relaxation:
             return self.tau_min if random.Random(f"{self.seed}/{step}").random() < t else self.tau0
         return self.tau0
 
-    def probabilities(self, alpha: torch.Tensor, step: int) -> torch.Tensor:
-        """softmax(alpha / tau_step): the noise-free mixing at the temperature of `step`, what the
-        genotype is read from."""
-        return (alpha / self.temperature(step)).softmax(-1)
-
     def mixing(
         self, step: int, shape: torch.Size, noisy: bool = True, generator: torch.Generator | None = None
     ) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -188,14 +188,16 @@ class DartsSearch:
         """The step whose temperature the weights last trained at."""
         return max(self.t - 1, 0)
 
+    def logits(self) -> torch.Tensor:
+        """alpha / tau at the temperature the supernet trained at last: what the cell is read from."""
+        return self.arch.alpha.detach() / self.relaxation.temperature(self.trained_step)
+
     def probabilities(self) -> torch.Tensor:
-        """softmax(alpha / tau) at the temperature the supernet trained at last."""
-        return self.relaxation.probabilities(self.arch.alpha.detach(), self.trained_step)
+        """softmax(alpha / tau): the noise-free mixing the supernet trained at last."""
+        return self.logits().softmax(-1)
 
     def get_final_architecture(self) -> Genotype:
-        """The cell of alpha / tau at the temperature the supernet trained at last."""
-        logits = self.arch.alpha.detach() / self.relaxation.temperature(self.trained_step)
-        return discretize(logits, self.model.cell, self.config.keep, self.config.discretise)
+        return discretize(self.logits(), self.model.cell, self.config.keep, self.config.discretise)
 
     def val_accuracy(self, features: Features) -> dict[str, float]:
         """The supernet on `features`: as trained (the relaxation's noise drawn afresh for every
@@ -208,7 +210,7 @@ class DartsSearch:
         def under(mixing_of, sparse: bool = False) -> float:
             return accuracy(lambda x: self.model(x, mixing_of(), sparse), features)
 
-        noise_free = relaxation.mixing(step, shape, noisy=False)(alpha)
+        noise_free = self.probabilities()
         cut = one_hot_mixing(self.get_final_architecture(), self.model.cell)
         out = {"noise_free": under(lambda: noise_free), "discretised": under(lambda: cut, sparse=True)}
         if relaxation.name == "softmax":
