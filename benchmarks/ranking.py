@@ -66,7 +66,7 @@ relations = [r for task in experiment.orders[0].tasks[: a.tasks] for r in task]
 data = task_features(config, relations, experiment.dataset, resolve_device("cpu"))
 in_dim = data["train"].x.shape[1]
 search_config = SearchConfig()  # the README's supernet: 4 nodes of width 128, 2 inputs each
-shape = SearchModel(in_dim, len(relations), search_config).cell
+shape = SearchModel(in_dim, len(relations), search_config.width, search_config.nodes).cell
 print(f"task: {len(relations)} relations, {len(data['train'].y)} train / {len(data['val'].y)} val, {in_dim}-d features")
 
 # -- the pool, trained stand-alone (kept as it comes)
@@ -132,7 +132,9 @@ report = {
 # -- the estimators
 def one_shot(**options) -> OneShot:
     torch.manual_seed(a.seed)
-    trainer = OneShot(SearchModel(in_dim, len(relations), search_config), seed=a.seed, **options)
+    trainer = OneShot(
+        SearchModel(in_dim, len(relations), search_config.width, search_config.nodes), seed=a.seed, **options
+    )
     stream = data["train"].stream(search_config.batch_size, torch.Generator().manual_seed(a.seed))
     for _ in tqdm(range(a.one_shot_steps), desc=f"one-shot {options}"):
         trainer.step(stream)

@@ -47,7 +47,7 @@ print(f"features: {in_dim}-d, {n_classes} relations, {len(data['train'].y)} trai
 def searcher_for(**options) -> DartsSearch:
     search_config = SearchConfig(steps=a.steps, **options)
     torch.manual_seed(a.seed)
-    return DartsSearch(SearchModel(in_dim, n_classes, search_config), search_config, a.seed)
+    return DartsSearch(SearchModel(in_dim, n_classes, search_config.width, search_config.nodes), search_config, a.seed)
 
 
 def run(searcher: DartsSearch) -> None:

@@ -29,7 +29,7 @@ print("| estimator | s / step | steps / s |")
 print("|---|---|---|")
 for method in ("darts1", "darts2", "idarts"):
     config = SearchConfig(method=method, steps=a.steps)
-    searcher = DartsSearch(SearchModel(a.in_dim, 8, config), config)
+    searcher = DartsSearch(SearchModel(a.in_dim, 8, config.width, config.nodes), config)
     searcher.step(repeat(batch), repeat(batch))  # warm-up
     start = time.perf_counter()
     for _ in range(a.steps):

@@ -21,11 +21,16 @@ from cml.runner import check_writable
 from cml.tokens import tokenize
 
 GENOTYPE_FILE, REPORT_FILE = "genotype.json", "search.json"
+SUPERNET_FIGURES = (("as_trained", ""), ("noise_free", "_noise_free"), ("discretised", "_discretised"))
 
 
 def prepare_search_dir(config: RunConfig) -> Path:
-    """Refuse, before any work, an output that holds a search already or cannot be written."""
+    """Refuse, before any work, search options the method does not use, and an output that holds
+    a search already or cannot be written."""
     run_dir = check_writable(Path(config.output))
+    problem = config.search.problem()  # here, not in RunConfig.check: a learner run reads no search option
+    if problem:
+        raise CMLInputError(problem)
     if (run_dir / REPORT_FILE).exists():
         raise CMLInputError(f"holds a head search already ({REPORT_FILE}); pick another --output", run_dir)
     return run_dir
@@ -61,7 +66,8 @@ def run_search(config: RunConfig, experiment: Experiment, device: torch.device, 
         "search_seconds": round(result.seconds, 1),
         "supernet": {
             key: result.history[-1][f"val_accuracy{suffix}"]
-            for key, suffix in (("as_trained", ""), ("noise_free", "_noise_free"), ("discretised", "_discretised"))
+            for key, suffix in SUPERNET_FIGURES
+            if f"val_accuracy{suffix}" in result.history[-1]
         },
         "discretisation_gap": round(result.discretisation_gap, 5),
         "history": result.history,
@@ -114,6 +120,7 @@ def task_features(config: RunConfig, relations: list[str], dataset, device: torc
 
 def _alpha_table(result: SearchResult) -> dict:
     return {
+        "title": result.table,
         "ops": list(result.ops),
         "edges": {
             f"{i}->{j}": [round(float(p), 4) for p in row] for (i, j), row in zip(result.edges, result.probabilities)
@@ -123,12 +130,13 @@ def _alpha_table(result: SearchResult) -> dict:
 
 def markdown(report: dict) -> str:
     s, n = report["config"]["search"], report["examples"]
+    how = f"{s['sampling']} sampling" if s["method"] == "spos" else f"{s['relaxation']} relaxation"
     lines = [
         f"# Head-cell search: {report['dataset']}, task {report['task']} of order 0",
         "",
         (
-            f"{s['method']} with {s['relaxation']} relaxation, {report['history'][-1]['step']} steps"
-            f"{' (stopped early: skip edges took over)' if report['stopped_early'] else ''}, "
+            f"{s['method']} with {how}, {report['history'][-1]['step']} steps"
+            f"{' (stopped early)' if report['stopped_early'] else ''}, "
             f"{report['search_seconds']} s on frozen {report['config']['encoder']['name']} features ({n['train']} train / "
             f"{n['val']} val / {n['test']} test)."
         ),
@@ -140,10 +148,12 @@ def markdown(report: dict) -> str:
         lines.append(f"- node {node['node']}: " + ", ".join(f"{e['op']}(node {e['from']})" for e in node["edges"]))
     lines += ["", "Op histogram: " + ", ".join(f"{op} {n}" for op, n in sorted(report["op_histogram"].items())), ""]
     supernet = report["supernet"]
+    noise_free = (
+        f"{100 * supernet['noise_free']:.1f} without the relaxation's noise, " if "noise_free" in supernet else ""
+    )
     lines += [
         (
-            f"Supernet at the end, validation accuracy: {100 * supernet['as_trained']:.1f} as trained, "
-            f"{100 * supernet['noise_free']:.1f} without the relaxation's noise, "
+            f"Supernet at the end, validation accuracy: {100 * supernet['as_trained']:.1f} as trained, {noise_free}"
             f"{100 * supernet['discretised']:.1f} cut to the genotype with its weights "
             f"(discretisation gap {100 * report['discretisation_gap']:+.1f} points)."
         ),
@@ -177,7 +187,7 @@ def plot(report: dict, run_dir: Path) -> None:
     ax.set_yticks(range(len(table)), list(alpha["edges"]))
     ax.set_xlabel("op")
     ax.set_ylabel("edge")
-    ax.set_title("softmax(alpha / tau) per edge at the end of the search")
+    ax.set_title(alpha["title"])
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(run_dir / "alpha_heatmap.png", dpi=120)
@@ -190,7 +200,8 @@ def plot(report: dict, run_dir: Path) -> None:
         ("val_accuracy_noise_free", "supernet without noise"),
         ("val_accuracy_discretised", "cut to the genotype"),
     ):
-        ax.plot(steps, [h[key] for h in report["history"]], marker="o", label=label)
+        if key in report["history"][-1]:
+            ax.plot(steps, [h[key] for h in report["history"]], marker="o", label=label)
     ax.set_xlabel("search step")
     ax.set_ylabel("val accuracy")
     skips = ax.twinx()

@@ -78,31 +78,56 @@ def wrong(opt):
     return bad
 
 
+CONTEXTS = [{}, {"executor": {"name": "ray"}}]  # settings under which an option is used: some are ray's only
+
+
+def with_value(opt, value, context: dict) -> dict:
+    values = {section: dict(settings) for section, settings in context.items()}
+    if opt.section:
+        values.setdefault(opt.section, {})[opt.name] = value
+    else:
+        values[opt.name] = value
+    return values
+
+
+def context_of(opt, value, path: Path) -> dict:
+    """The first context in which `opt` at `value` is a valid config."""
+    for context in CONTEXTS:
+        if opt.name in context.get(opt.section, {}):
+            continue
+        path.write_text(yaml.safe_dump(with_value(opt, value, context)))
+        try:
+            load_config(path)
+        except CMLInputError:
+            continue
+        return context
+    raise AssertionError(f"{opt.key} = {value!r} is valid in no context")
+
+
 @pytest.mark.parametrize("opt", options(), ids=lambda o: o.key)
 def test_every_option_has_a_flag_a_yaml_key_and_validation_that_agree(tmp_path, opt):
     value, text = sample(opt)
-    ray = [] if opt.key == "executor.name" else ["--executor", "ray"]  # so that ray-only options are allowed
-    config, _ = config_from_args(parser().parse_args([*ray, opt.flag, *text]))
+    path = tmp_path / "c.yaml"
+    context = context_of(opt, value, path)
+    flag_of = {o.key: o.flag for o in options()}
+    context_flags = [
+        arg
+        for section, settings in context.items()
+        for k, v in settings.items()
+        for arg in (flag_of[f"{section}.{k}"], v)
+    ]
+    config, _ = config_from_args(parser().parse_args([*context_flags, opt.flag, *text]))
     assert opt.get(config) == value
 
-    def yaml_with(v, ray=bool(ray)):
-        values = {"executor": {"name": "ray"}} if ray else {}
-        if opt.section:
-            values.setdefault(opt.section, {})[opt.name] = v
-        else:
-            values[opt.name] = v
-        return yaml.safe_dump(values)
-
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml_with(value))
+    path.write_text(yaml.safe_dump(with_value(opt, value, context)))
     assert opt.get(load_config(path)) == value
     for bad, words in wrong(opt):
-        path.write_text(yaml_with(bad, ray=False))
+        path.write_text(yaml.safe_dump(with_value(opt, bad, {})))
         with pytest.raises(CMLInputError, match=rf"c.yaml: {re.escape(opt.key)} is .*; .*{re.escape(words)}"):
             load_config(path)
     if opt.kind in (int, float):
         for edge in edges(opt)[0]:
-            path.write_text(yaml_with(edge))
+            path.write_text(yaml.safe_dump(with_value(opt, edge, context)))
             assert opt.get(load_config(path)) == edge
     assert opt.help and opt.flag.startswith("--")
 

@@ -7,7 +7,6 @@ import torch
 from torch.func import functional_call, grad
 from torch.nn.functional import cross_entropy
 
-from cml.config import SearchConfig
 from cml.nas.hypergrad import Implicit, SecondOrder, first_order
 from cml.nas.search import SearchModel
 
@@ -69,7 +68,7 @@ def test_second_order_matches_exact_unrolled_hypergradient_on_ridge():
 
 def test_second_order_matches_exact_unrolled_hypergradient_on_the_supercell():
     torch.manual_seed(0)
-    net = SearchModel(6, 3, SearchConfig(width=4, nodes=2))
+    net = SearchModel(6, 3, 4, 2)
     x_t, x_v = torch.randn(16, 6), torch.randn(16, 6)
     y_t, y_v = torch.randint(0, 3, (16,)), torch.randint(0, 3, (16,))
 
@@ -150,7 +149,7 @@ def test_implicit_on_the_supercell_is_the_neumann_sum_of_the_dense_hessian():
     from torch.func import jacrev
 
     torch.manual_seed(0)
-    net = SearchModel(6, 3, SearchConfig(width=4, nodes=2))
+    net = SearchModel(6, 3, 4, 2)
     x_t, x_v = torch.randn(16, 6), torch.randn(16, 6)
     y_t, y_v = torch.randint(0, 3, (16,)), torch.randint(0, 3, (16,))
     names = [k for k, _ in net.named_parameters()]

@@ -258,7 +258,7 @@ def test_the_genotype_is_read_at_the_temperature_the_supernet_trained_at():
 
     data = {name: separable(seed) for name, seed in (("train", 0), ("val", 1), ("test", 2))}
     config = SearchConfig(relaxation="sparse", method="darts1", nodes=2, width=8, steps=6, batch_size=32)
-    searcher = DartsSearch(SearchModel(12, 3, config), config)
+    searcher = DartsSearch(SearchModel(12, 3, config.width, config.nodes), config)
     stream = data["train"].stream(32, torch.Generator().manual_seed(0))
     for _ in range(6):
         searcher.step(stream, stream)
@@ -273,7 +273,7 @@ def test_the_supernet_is_scored_as_trained_noise_free_and_cut_to_its_genotype():
     search validates with."""
     data = {name: separable(seed) for name, seed in (("train", 0), ("val", 1), ("test", 2))}
     config = SearchConfig(relaxation="sparse", method="darts1", nodes=2, width=8, steps=10, batch_size=32)
-    searcher = DartsSearch(SearchModel(12, 3, config), config, seed=3)
+    searcher = DartsSearch(SearchModel(12, 3, config.width, config.nodes), config, seed=3)
     stream = data["train"].stream(32, torch.Generator().manual_seed(0))
     for _ in range(4):
         searcher.step(stream, stream)
@@ -307,7 +307,7 @@ def test_each_architecture_step_takes_its_weight_steps(method, inner, batches):
             yield batch
 
     config = SearchConfig(method=method, inner_steps=inner, nodes=2, width=8, steps=2, batch_size=32)
-    searcher = DartsSearch(SearchModel(12, 3, config), config)
+    searcher = DartsSearch(SearchModel(12, 3, config.width, config.nodes), config)
     train, val = counted(), data.stream(32, torch.Generator().manual_seed(1))
     before = {n: p.detach().clone() for n, p in searcher.model.named_parameters()}
     searcher.step(train, val)
@@ -362,7 +362,7 @@ def test_learning_rate_schedules_and_their_swap(schedule, falls):
     other way round."""
     data = separable(0)
     config = SearchConfig(method="darts1", lr_schedule=schedule, nodes=2, width=8, steps=4, batch_size=32)
-    searcher = DartsSearch(SearchModel(12, 3, config), config)
+    searcher = DartsSearch(SearchModel(12, 3, config.width, config.nodes), config)
     stream = data.stream(32, torch.Generator().manual_seed(0))
     rates = {"w": [], "alpha": []}
     for _ in range(4):
@@ -381,7 +381,7 @@ def test_warm_up_trains_the_weights_and_leaves_alpha():
     warmed = search(data, config, seed=0, progress=False)
     cold = search(data, replace(config, warmup=0), seed=0, progress=False)
     assert warmed.history[-1]["train_loss"] < cold.history[-1]["train_loss"]
-    searcher = DartsSearch(SearchModel(12, 3, config), config)
+    searcher = DartsSearch(SearchModel(12, 3, config.width, config.nodes), config)
     before = searcher.arch.alpha.detach().clone()
     searcher.weight_step(next(data["train"].stream(32, torch.Generator().manual_seed(0))))
     assert torch.equal(searcher.arch.alpha.detach(), before) and searcher.t == 0

@@ -12,7 +12,7 @@ from torch import nn
 from cml.nas.cell import SuperCell, one_hot_mixing
 from cml.nas.genotype import Edge, Genotype
 from cml.nas.oneshot import OneShot, differing_ops, neighbour, random_cell
-from cml.nas.search import Features, SearchConfig, SearchModel
+from cml.nas.supernet import Features, SearchModel
 
 
 def test_random_cells_are_valid_and_uniform_over_the_discretised_space():
@@ -70,7 +70,7 @@ def test_a_sparse_forward_is_the_dense_one_running_only_the_kept_ops():
 
 def test_a_one_shot_step_trains_only_the_child_and_adds_the_alignment_loss():
     torch.manual_seed(0)
-    model = SearchModel(8, 3, SearchConfig(width=5, nodes=2))
+    model = SearchModel(8, 3, 5, 2)
     x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
     trainer = OneShot(model, alignment=0.5, seed=4)
     child = random_cell(model.cell, 2, torch.Generator().manual_seed(4))  # the trainer's first draw
@@ -103,7 +103,7 @@ def test_one_shot_training_makes_the_cells_it_trains_score_far_above_chance():
     val = Features(centres[y] + torch.randn(180, 8, generator=g), y)
     for sampling in ("uniform", "gradual"):
         torch.manual_seed(0)
-        trainer = OneShot(SearchModel(8, 3, SearchConfig(width=8, nodes=2)), sampling=sampling, seed=0)
+        trainer = OneShot(SearchModel(8, 3, 8, 2), sampling=sampling, seed=0)
         stream = train.stream(32, torch.Generator().manual_seed(0))
         for _ in range(150):
             trainer.step(stream)

@@ -51,9 +51,13 @@ class SuperCell(Cell):
         self.mixed = nn.ModuleList(nn.ModuleList(OPS[o](width) for o in self.ops) for _ in self.edges)
         self.row = {edge: r for r, edge in enumerate(self.edges)}
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, sparse: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor, sparse: bool = False, magnitudes: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`sparse`: `weights` is a constant with zeros (a child cell's one-hot mixing), and the
-        ops it zeroes are not run at all (a single path costs one op per kept edge)."""
+        ops it zeroes are not run at all (a single path costs one op per kept edge).
+        `magnitudes` ([n_edges, n_ops]) is filled with the root mean square of each op's weighted
+        output: how much the op adds to its node, which the selective stop watches."""
         active = (weights != 0).tolist() if sparse else None
 
         def node(j: int, states: list[torch.Tensor]) -> torch.Tensor:
@@ -63,7 +67,10 @@ class SuperCell(Cell):
                 for o, op in enumerate(self.mixed[r]):
                     if self.ops[o] == "none" or (active is not None and not active[r][o]):
                         continue  # the zero op adds nothing but its weight in the softmax
-                    total = total + weights[r, o] * op(states[i])
+                    out = weights[r, o] * op(states[i])
+                    if magnitudes is not None:
+                        magnitudes[r, o] = out.detach().pow(2).mean().sqrt()
+                    total = total + out
             return total
 
         return self.run(x, node)

@@ -9,7 +9,10 @@ the weights it inherits. Two mitigations of the interference between children (X
   supernet itself under the uniform mixing of every real op, detached.
 
 Children are cells of the discretised space (`keep` inputs per node, no `none`), the same space
-`discretize` cuts the DARTS supernet to, so the scores of both rank the same cells.
+`discretize` cuts the DARTS supernet to, so the scores of both rank the same cells. As a search
+(`--nas-method spos`), it follows `DartsSearch`'s interface; its final architecture is the best
+of a fixed pool of random cells by validation accuracy with inherited weights (SPOS proper runs
+an evolutionary search over that score; a fixed random pool keeps every check comparable).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch import nn
 
 from cml.nas.cell import SuperCell, one_hot_mixing
 from cml.nas.genotype import N_INPUTS, Edge, Genotype
-from cml.nas.search import Batches, Features, SearchModel, accuracy
+from cml.nas.supernet import Batches, Features, SearchModel, accuracy
 
 SAMPLINGS = ("uniform", "gradual")
 
@@ -78,6 +81,8 @@ class OneShot:
     alignment: float = 0.0  # weight of the node-state alignment loss
     lr: float = 0.05
     seed: int = 0
+    candidates: int = 100  # the pool the final architecture is chosen from
+    val: Features | None = None  # what the pool is scored on
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -88,6 +93,10 @@ class OneShot:
         real = torch.tensor([o in cell.real_ops for o in cell.ops], dtype=torch.float)
         self.uniform = (real / real.sum()).expand(len(cell.edges), -1)  # the teacher's mixing
         self.current: Genotype | None = None
+        pool_draws = torch.Generator().manual_seed(self.seed + 1)  # apart from the children's
+        self.pool = [random_cell(cell, self.keep, pool_draws) for _ in range(self.candidates)]
+        self.trained = torch.zeros(len(cell.edges), len(cell.ops))  # steps each op trained on each edge
+        self.t, self._best = 0, None
 
     def next_child(self) -> Genotype:
         cell = self.model.cell
@@ -97,10 +106,16 @@ class OneShot:
             self.current = neighbour(self.current, cell, self.generator)
         return self.current
 
-    def step(self, train: Batches) -> float:
-        """One weight step on the next child; returns its loss (cross-entropy plus alignment)."""
-        x, y = next(train)
+    def step(self, train: Batches, val: Batches | None = None) -> float:
+        """One weight step on the next child; returns its loss (cross-entropy plus alignment).
+        `val` is unused: the weights are all a one-shot search trains."""
+        return self.weight_step(next(train))
+
+    def weight_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        x, y = batch
         child = one_hot_mixing(self.next_child(), self.model.cell)
+        self.trained += child.cpu()
+        self.t += 1
         self.model.train()
         states = self.model.cell(x, child, sparse=True)
         loss = nn.functional.cross_entropy(self.model.classifier(states), y)
@@ -119,3 +134,27 @@ class OneShot:
         self.model.eval()
         mixing = one_hot_mixing(genotype, self.model.cell)
         return accuracy(lambda x: self.model(x, mixing, sparse=True), features)
+
+    def get_final_architecture(self) -> Genotype:
+        """The pool's best cell on `val` with the weights as they are now (the first, on ties)."""
+        if self.val is None:
+            raise ValueError("OneShot needs `val` features to choose its final architecture")
+        if self._best is None or self._best[0] != self.t:
+            scores = [self.score(c, self.val) for c in self.pool]
+            self._best = (self.t, self.pool[scores.index(max(scores))])
+        return self._best[1]
+
+    def check(self, features: Features) -> dict[str, float]:
+        """What the history records: the supernet as trained, which is a uniformly drawn child, in
+        expectation (the pool's mean accuracy), and the cell it is cut to now."""
+        scores = [self.score(c, features) for c in self.pool]
+        return {
+            "val_accuracy": sum(scores) / len(scores),
+            "val_accuracy_discretised": self.score(self.get_final_architecture(), features),
+        }
+
+    finished = False  # a one-shot search runs all its steps
+
+    def probabilities(self) -> torch.Tensor:
+        """The share of the steps each op trained on each edge, [n_edges, n_ops]."""
+        return self.trained / max(self.t, 1)

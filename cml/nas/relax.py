@@ -11,6 +11,13 @@
   with the temperature: on the logits it stays `noise`, so as tau_t falls the supernet computes
   nearly the discrete cell of argmax alpha (an unannealed std of 0.3 would put a std of 6 on the
   logits at tau 0.05 and train a random cell instead).
+- `adaptive`: the noisy softmax of `sparse` with tau_t chosen every step from alpha itself: the
+  temperature in [tau_min, tau0] = [0.05, 1] at which the edges' mean normalised entropy of
+  softmax(alpha / tau_t) is the step's target, falling linearly from 1 to `entropy_end`. Where
+  alpha is still flat, tau falls quickly to make the supernet sparse; where alpha has grown
+  peaked by itself, tau stays larger and the softmax's gradients stay alive. The small-temperature
+  paper (Zhang & Ding 2023) pairs its exponential schedule with an entropy-based adaptive scheme
+  whose exact rule is not in our sources; this rule is ours, stated here in full.
 - `mixed`: mixed-sparsity training, the same noisy softmax with tau_t drawn every step from
   {tau0, tau_min} = {0.01, 0.001}, the smaller with probability t / T (so its share rises to 1).
 
@@ -21,6 +28,7 @@ within one step must see the same sampled relaxation.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +41,18 @@ SCHEDULES: dict[str, tuple[float, float, str]] = {
     "snas": (1.0, 0.05, "linear"),
     "gdas": (10.0, 0.1, "linear"),
     "sparse": (1.0, 0.05, "exponential"),
+    "adaptive": (1.0, 0.05, "entropy"),
     "mixed": (0.01, 0.001, "drawn"),
 }
+NOISY = ("sparse", "adaptive", "mixed")  # the Gaussian-noise softmax, std `noise` x tau
+
+
+def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the softmax's entropy divided by log(number of columns): 1 uniform, 0 one-hot."""
+    log_p = logits.log_softmax(-1)
+    return -(log_p.exp() * log_p).sum(-1).mean() / math.log(logits.shape[-1])
+
+
 RELAXATIONS = tuple(SCHEDULES)
 
 
@@ -45,6 +63,7 @@ class Relaxation:
     tau0: float | None = None
     tau_min: float | None = None
     noise: float = 0.3  # std of the Gaussian noise of `sparse` on the logits
+    entropy_end: float = 0.05  # `adaptive`: the target normalised entropy at the last step
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,9 +73,36 @@ class Relaxation:
         self.tau0 = tau0 if self.tau0 is None else self.tau0
         self.tau_min = tau_min if self.tau_min is None else self.tau_min
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.adapted: list[float] = []  # `adaptive`: the temperature of each step so far
+
+    def target_entropy(self, step: int) -> float:
+        return 1.0 + (self.entropy_end - 1.0) * self._progress(step)
+
+    def _progress(self, step: int) -> float:
+        return min(step / max(self.total_steps - 1, 1), 1.0)
+
+    def adapt(self, step: int, alpha: torch.Tensor) -> None:
+        """Set `step`'s temperature from alpha (`adaptive`; the others' schedules need nothing):
+        bisection on log tau, since each row's entropy rises with tau."""
+        if self.shape != "entropy":
+            return
+        if step > len(self.adapted):
+            raise ValueError(f"step {step} adapted before step {len(self.adapted)}: adapt the steps in order")
+        target, logits = self.target_entropy(step), alpha.detach().double()
+        lo, hi = math.log(self.tau_min), math.log(self.tau0)
+        if float(normalised_entropy(logits / self.tau0)) <= target:
+            lo = hi
+        elif float(normalised_entropy(logits / self.tau_min)) >= target:
+            hi = lo
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if float(normalised_entropy(logits / math.exp(mid))) < target else (lo, mid)
+        self.adapted[step:] = [math.exp((lo + hi) / 2)]
 
     def temperature(self, step: int) -> float:
-        t = min(step / max(self.total_steps - 1, 1), 1.0)
+        if self.shape == "entropy":  # the last adapted step's, before the first: tau0
+            return self.adapted[min(step, len(self.adapted) - 1)] if self.adapted else self.tau0
+        t = self._progress(step)
         if self.shape == "linear":
             return self.tau0 + (self.tau_min - self.tau0) * t
         if self.shape == "exponential":
@@ -74,7 +120,7 @@ class Relaxation:
         if self.name == "softmax" or not noisy:
             return lambda alpha: (alpha / tau).softmax(-1)
         generator = self.generator if generator is None else generator
-        if self.name in ("sparse", "mixed"):
+        if self.name in NOISY:
             noise = self.noise * tau * torch.randn(shape, generator=generator)
             return lambda alpha: ((alpha + noise.to(alpha.device)) / tau).softmax(-1)
         u = torch.rand(shape, generator=generator).clamp(1e-9, 1 - 1e-9)

@@ -9,7 +9,6 @@ separate optimisers, and the hypergradient estimator only ever sees pure loss fu
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -17,10 +16,12 @@ from torch import nn
 from torch.func import functional_call
 from tqdm import tqdm
 
-from cml.nas.cell import DISCRETISATIONS, ArchParameters, SuperCell, discretize, one_hot_mixing
+from cml.nas.cell import DISCRETISATIONS, ArchParameters, discretize, one_hot_mixing
 from cml.nas.genotype import Genotype
 from cml.nas.hypergrad import ESTIMATORS, Loss, make_estimator
+from cml.nas.oneshot import SAMPLINGS, OneShot
 from cml.nas.relax import RELAXATIONS, Relaxation
+from cml.nas.supernet import Batches, Features, SearchModel, accuracy
 
 
 def _option(default, help: str, **more) -> field:
@@ -30,6 +31,7 @@ def _option(default, help: str, **more) -> field:
 
 
 LR_SCHEDULES = ("constant", "cosine", "swap")
+METHODS = (*ESTIMATORS, "spos")  # DARTS with a hypergradient, or single-path one-shot (cml/nas/oneshot.py)
 
 
 @dataclass
@@ -38,11 +40,14 @@ class SearchConfig:
 
     method: str = _option(
         "darts2",
-        "hypergradient: darts1 (first order), darts2 (second order) or idarts (implicit)",
-        choices=ESTIMATORS,
+        "darts1 (first order), darts2 (second order) or idarts (implicit hypergradient), or spos (single-path "
+        "one-shot: one child cell a step, then the best of --search-candidates cells by inherited weights)",
+        choices=METHODS,
         flag="--nas-method",
     )
-    relaxation: str = _option("softmax", "relaxation of the mixing weights", choices=RELAXATIONS, flag="--relaxation")
+    relaxation: str = _option(
+        "softmax", "relaxation of the mixing weights (DARTS methods)", choices=RELAXATIONS, flag="--relaxation"
+    )
     task: int = _option(0, "which task of order 0 the search uses", domain="[0, inf)")
     nodes: int = _option(4, "intermediate nodes of the cell", domain="[1, inf)")
     width: int = _option(128, "width of every node", domain="[1, inf)")
@@ -69,7 +74,14 @@ class SearchConfig:
         None, "start temperature (default: the relaxation's, 10 for gdas, 1 otherwise)", domain="(0, inf)"
     )
     tau_min: float | None = _option(
-        None, "end temperature (default: the relaxation's, 0.1 for gdas, 0.05 for snas and sparse)", domain="(0, inf)"
+        None,
+        "end temperature (default: the relaxation's, 0.1 for gdas, 0.05 for snas, sparse and adaptive)",
+        domain="(0, inf)",
+    )
+    entropy_end: float | None = _option(
+        None,
+        "adaptive: the target mean normalised entropy of the edges at the last step (default 0.05)",
+        domain="(0, 1)",
     )
     lr_schedule: str = _option(
         "constant",
@@ -91,45 +103,79 @@ class SearchConfig:
         flag="--skip-limit",
         domain="[0, inf)",
     )
+    stop_patience: int | None = _option(
+        None,
+        "selective stop (DARTS methods): an edge whose strongest op by output magnitude has led for this many "
+        "checks in a row stops updating its alpha, and the search ends once every edge has stopped",
+        domain="[1, inf)",
+    )
+    sampling: str = _option(
+        "uniform",
+        "spos: how children are drawn: uniform, or gradual (one edge's source or op changed per step)",
+        choices=SAMPLINGS,
+    )
+    alignment: float = _option(
+        0.0, "spos: weight of the loss pulling children's node states to the uniform supernet's", domain="[0, inf)"
+    )
+    candidates: int | None = _option(
+        None, "spos: random cells scored by inherited weights at every check (default 100)", domain="[1, inf)"
+    )
     eval_every: int = _option(20, "steps between validation checks", domain="[1, inf)")
     head_epochs: int = _option(30, "epochs of the from-scratch training that compares the heads", domain="[1, inf)")
 
+    def problem(self) -> str | None:
+        """An option set for a method or relaxation that does not use it, or None."""
+        default = SearchConfig()
+        applies = {  # who uses them -> (whether this config is one of them, the options)
+            "spos": (self.method == "spos", ("sampling", "alignment", "candidates")),
+            "the DARTS methods": (
+                self.method != "spos",
+                ("relaxation", "alpha_lr", "tau0", "tau_min", "inner_steps", "lr_schedule", "warmup")
+                + ("discretise", "stop_patience"),
+            ),
+            "idarts": (self.method == "idarts", ("neumann_terms", "neumann_gamma")),
+            "the adaptive relaxation": (self.relaxation == "adaptive", ("entropy_end",)),
+        }
+        for users, (used, names) in applies.items():
+            wrong = [name for name in names if getattr(self, name) != getattr(default, name)]
+            if wrong and not used:
+                return f"search.{wrong[0]} is {getattr(self, wrong[0])!r}, but it applies to {users} only"
+        return None
+
 
 @dataclass
-class Features:
-    """Frozen-encoder entity states of one split of a task, with labels 0..C-1."""
+class SelectiveStop:
+    """Per-edge stop from the ops' output magnitudes, logged at every check: an edge stops once
+    its strongest op (by the magnitude of what it adds to its node) has led for `patience` checks
+    in a row after the check where it took the lead. Its alpha row is held from then on, and the
+    search ends when every edge has stopped. The learning-rate-swap / selective-stop paper stops
+    by per-op magnitudes; this is our rule for it, stated in full."""
 
-    x: torch.Tensor
-    y: torch.Tensor
+    patience: int
 
-    def epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for chunk in torch.randperm(len(self.y), generator=generator).split(batch_size):
-            yield self.x[chunk], self.y[chunk]
+    def __post_init__(self) -> None:
+        self.leader: torch.Tensor | None = None  # [n_edges], the strongest op at the last check
+        self.runs: torch.Tensor | None = None  # checks in a row it has led since
+        self.stopped: torch.Tensor | None = None  # [n_edges] bool
 
-    def stream(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        while True:
-            yield from self.epoch(batch_size, generator)
+    def update(self, magnitudes: torch.Tensor) -> None:
+        leader = magnitudes.argmax(-1)
+        if self.leader is None:
+            self.runs, self.stopped = torch.zeros_like(leader), torch.zeros_like(leader, dtype=torch.bool)
+        else:
+            self.runs = torch.where(leader == self.leader, self.runs + 1, 0)
+        self.leader = leader
+        self.stopped |= self.runs >= self.patience
 
+    def hold(self, alpha: torch.Tensor, before: torch.Tensor) -> None:
+        """Put the stopped edges' rows of alpha back to what they were before the step."""
+        if self.stopped is not None:
+            with torch.no_grad():
+                alpha[self.stopped] = before[self.stopped]
 
-Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
-
-
-class SearchModel(nn.Module):
-    """The supernet cell and a classifier: every weight the search trains, and nothing else."""
-
-    def __init__(self, in_dim: int, n_classes: int, config: SearchConfig):
-        super().__init__()
-        self.cell = SuperCell(in_dim, config.width, config.nodes)
-        self.classifier = nn.Linear(self.cell.out_dim, n_classes)
-
-    def forward(self, x: torch.Tensor, mixing: torch.Tensor, sparse: bool = False) -> torch.Tensor:
-        return self.classifier(self.cell(x, mixing, sparse))
-
-
-def accuracy(logits_of, features: Features, batch_size: int = 1024) -> float:
-    with torch.no_grad():
-        logits = torch.cat([logits_of(x) for x in features.x.split(batch_size)])
-    return float((logits.argmax(-1) == features.y).float().mean())
+    @property
+    def finished(self) -> bool:
+        return self.stopped is not None and bool(self.stopped.all())
 
 
 INNER_STEPS = {"idarts": 5}  # weight steps per architecture step where `inner_steps` is None; else 1
@@ -142,7 +188,15 @@ class DartsSearch:
         self.arch = ArchParameters(len(cell.edges), len(cell.ops), seed)
         self.estimator = make_estimator(config.method, config.w_lr, config.neumann_terms, config.neumann_gamma)
         self.inner_steps = config.inner_steps or INNER_STEPS.get(config.method, 1)
-        self.relaxation = Relaxation(config.relaxation, config.steps, config.tau0, config.tau_min, seed=seed)
+        self.relaxation = Relaxation(
+            config.relaxation,
+            config.steps,
+            config.tau0,
+            config.tau_min,
+            entropy_end=config.entropy_end or 0.05,
+            seed=seed,
+        )
+        self.stop = SelectiveStop(config.stop_patience) if config.stop_patience else None
         self.eval_noise = torch.Generator().manual_seed(seed + 1)  # validation draws, apart from training's
         self.w_optimizer = torch.optim.SGD(model.parameters(), lr=config.w_lr, momentum=0.9, weight_decay=3e-4)
         self.alpha_optimizer = torch.optim.Adam(
@@ -159,12 +213,16 @@ class DartsSearch:
         """One architecture step (the chosen hypergradient, on the next batch of each stream), then
         `inner_steps` weight steps, the first on that same training batch; returns its loss."""
         alpha = self.arch.alpha
+        self.relaxation.adapt(self.t, alpha)
         mix = self.relaxation.mixing(self.t, alpha.shape)
         batch, val = next(train), next(val)
         weights = {n: p.detach() for n, p in self.model.named_parameters()}
         self.model.train()
-        alpha.grad = self.estimator(self.loss(*batch, mix), self.loss(*val, mix), weights, alpha.detach())
+        before = alpha.detach().clone()
+        alpha.grad = self.estimator(self.loss(*batch, mix), self.loss(*val, mix), weights, before)
         self.alpha_optimizer.step()
+        if self.stop is not None:
+            self.stop.hold(alpha, before)
         losses = [self.weight_step(batch if k == 0 else next(train), mix) for k in range(self.inner_steps)]
         if self.schedule is not None:
             self.schedule.step()
@@ -219,14 +277,45 @@ class DartsSearch:
             out["as_trained"] = under(lambda: relaxation.mixing(step, shape, generator=self.eval_noise)(alpha))
         return out
 
+    def magnitudes(self, features: Features, examples: int = 512) -> torch.Tensor:
+        """[n_edges, n_ops]: the root mean square of each op's output on an edge, weighted by its
+        noise-free mixing, over the first `examples` of `features`."""
+        self.model.eval()
+        out = torch.zeros(len(self.model.cell.edges), len(self.model.cell.ops))
+        with torch.no_grad():
+            self.model.cell(features.x[:examples], self.probabilities(), magnitudes=out)
+        return out
+
+    def check(self, features: Features) -> dict:
+        """What the history records at a check; it also moves the selective stop."""
+        scores = self.val_accuracy(features)
+        magnitudes = self.magnitudes(features)
+        if self.stop is not None:
+            self.stop.update(magnitudes)
+        return {
+            "val_accuracy": scores["as_trained"],
+            "val_accuracy_noise_free": scores["noise_free"],
+            "val_accuracy_discretised": scores["discretised"],
+            "temperature": self.relaxation.temperature(self.trained_step),
+            **getattr(self.estimator, "last", {}),
+            "op_magnitude": magnitudes.tolist(),
+            **({"stopped_edges": int(self.stop.stopped.sum())} if self.stop is not None else {}),
+        }
+
+    @property
+    def finished(self) -> bool:
+        """Whether the selective stop has stopped every edge."""
+        return self.stop is not None and self.stop.finished
+
 
 @dataclass
 class SearchResult:
     genotype: Genotype
-    probabilities: torch.Tensor  # softmax(alpha / tau) at the final temperature, [n_edges, n_ops]
+    probabilities: torch.Tensor  # [n_edges, n_ops]: what `table` says
+    table: str  # what `probabilities` holds
     edges: list[tuple[int, int]]
     ops: tuple[str, ...]
-    history: list[dict]  # validation accuracies, loss, temperature and skip edges every `eval_every` steps
+    history: list[dict]  # validation accuracies, loss and the method's own figures every `eval_every` steps
     stopped_early: bool
     seconds: float
 
@@ -236,11 +325,33 @@ class SearchResult:
         return self.history[-1]["val_accuracy"] - self.history[-1]["val_accuracy_discretised"]
 
 
+Searcher = DartsSearch | OneShot
+TABLES = {
+    DartsSearch: "softmax(alpha / tau) per edge at the end of the search",
+    OneShot: "share of the steps each op trained on each edge",
+}
+
+
+def make_searcher(model: SearchModel, config: SearchConfig, val: Features, seed: int = 0) -> Searcher:
+    if config.method == "spos":
+        return OneShot(
+            model, config.keep, config.sampling, config.alignment, config.w_lr, seed, config.candidates or 100, val
+        )
+    return DartsSearch(model, config, seed)
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 6)
+    return [_rounded(v) for v in value] if isinstance(value, list) else value
+
+
 def search(data: dict[str, Features], config: SearchConfig, seed: int = 0, progress: bool = True) -> SearchResult:
     """Run the search on `data["train"]` (weights) and `data["val"]` (architecture)."""
     torch.manual_seed(seed)
     n_classes = int(data["train"].y.max()) + 1
-    searcher = DartsSearch(SearchModel(data["train"].x.shape[1], n_classes, config), config, seed)
+    model = SearchModel(data["train"].x.shape[1], n_classes, config.width, config.nodes)
+    searcher = make_searcher(model, config, data["val"], seed)
     generator = torch.Generator().manual_seed(seed)
     train, val = data["train"].stream(config.batch_size, generator), data["val"].stream(config.batch_size, generator)
     history, stopped_early = [], False
@@ -249,33 +360,24 @@ def search(data: dict[str, Features], config: SearchConfig, seed: int = 0, progr
         range(config.warmup), desc="search warm-up (weights only)", disable=not progress or not config.warmup
     ):
         searcher.weight_step(next(train))
-    bar = tqdm(range(config.steps), desc=f"search ({config.method}, {config.relaxation})", disable=not progress)
+    how = config.sampling if config.method == "spos" else config.relaxation
+    bar = tqdm(range(config.steps), desc=f"search ({config.method}, {how})", disable=not progress)
     for t in bar:
         loss = searcher.step(train, val)
         if (t + 1) % config.eval_every and t + 1 != config.steps:
             continue
         skips = searcher.get_final_architecture().histogram().get("skip", 0)
-        scores = searcher.val_accuracy(data["val"])
-        history.append(
-            {
-                "step": t + 1,
-                "train_loss": round(loss, 5),
-                "val_accuracy": round(scores["as_trained"], 5),
-                "val_accuracy_noise_free": round(scores["noise_free"], 5),
-                "val_accuracy_discretised": round(scores["discretised"], 5),
-                "temperature": round(searcher.relaxation.temperature(t), 5),
-                "skip_edges": skips,
-                **{k: round(v, 6) for k, v in getattr(searcher.estimator, "last", {}).items()},
-            }
-        )
+        entry = {"step": t + 1, "train_loss": loss, **searcher.check(data["val"]), "skip_edges": skips}
+        history.append({key: _rounded(value) for key, value in entry.items()})
         bar.set_postfix(val=f"{history[-1]['val_accuracy']:.3f}", skip=skips, refresh=False)
-        if config.skip_limit is not None and skips >= config.skip_limit:
+        if (config.skip_limit is not None and skips >= config.skip_limit) or searcher.finished:
             stopped_early = True
             break
     cell = searcher.model.cell
     return SearchResult(
         searcher.get_final_architecture(),
         searcher.probabilities(),
+        TABLES[type(searcher)],
         cell.edges,
         cell.ops,
         history,

@@ -1,0 +1,49 @@
+"""Final W of one method in two run directories that differ in a setting a merged report refuses
+to pair (the head, the encoder budget), paired over their shared (order, seed) cells: each
+cell's figures, the mean difference A − B with its 95% t interval, the paired t test and the
+Wilcoxon signed-rank test (cml.metrics.paired_comparison, as the report's own pairs).
+
+python benchmarks/paired_runs.py RUN_A RUN_B [--method cml]
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from cml.metrics import paired_comparison
+from cml.runner import read_results
+
+args = argparse.ArgumentParser()
+args.add_argument("a", type=Path)
+args.add_argument("b", type=Path)
+args.add_argument("--method", default="cml")
+a = args.parse_args()
+
+
+def final_w(run_dir: Path) -> dict[tuple[int, int], float]:
+    """(order, seed) -> final whole accuracy in %: the last task's row, weighted by task size."""
+    rows = {key: row for key, row in read_results(run_dir).items() if key[0] == a.method}
+    last = {(order, seed): max(k for m, o, s, k in rows if (o, s) == (order, seed)) for _, order, seed, _ in rows}
+    out = {}
+    for (order, seed), task in last.items():
+        row = rows[(a.method, order, seed, task)]
+        weighted = sum(n * acc for n, acc in zip(row["task_size"], row["task_accuracy"]))
+        out[(order, seed)] = 100 * weighted / sum(row["task_size"])
+    return out
+
+
+first, second = final_w(a.a), final_w(a.b)
+cells = sorted(set(first) & set(second))
+if not cells:
+    raise SystemExit(f"no (order, seed) cell of {a.method} in both {a.a} and {a.b}")
+print(f"| order | seed | {a.a.name} | {a.b.name} | difference |\n|---|---|---|---|---|")
+for order, seed in cells:
+    x, y = first[(order, seed)], second[(order, seed)]
+    print(f"| {order} | {seed} | {x:.1f} | {y:.1f} | {x - y:+.1f} |")
+c = paired_comparison(torch.tensor([first[k] for k in cells]), torch.tensor([second[k] for k in cells]))
+interval = f"{c.ci_low:+.2f} to {c.ci_high:+.2f}" if c.ci_low is not None else "undefined"
+print(
+    f"\n{a.a.name} − {a.b.name} over {c.n} cells: {c.mean_difference:+.2f} (95% {interval}), "
+    f"paired t p {c.t_p_value}, Wilcoxon p {c.wilcoxon_p_value}"
+)
