@@ -45,5 +45,5 @@ c = paired_comparison(torch.tensor([first[k] for k in cells]), torch.tensor([sec
 interval = f"{c.ci_low:+.2f} to {c.ci_high:+.2f}" if c.ci_low is not None else "undefined"
 print(
     f"\n{a.a.name} − {a.b.name} over {c.n} cells: {c.mean_difference:+.2f} (95% {interval}), "
-    f"paired t p {c.t_p_value}, Wilcoxon p {c.wilcoxon_p_value}"
+    f"paired t p {c.t_p_value:.2g}, Wilcoxon p {c.wilcoxon_p_value:.2g}"
 )
