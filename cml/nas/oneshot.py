@@ -27,6 +27,7 @@ from cml.nas.genotype import N_INPUTS, Edge, Genotype
 from cml.nas.supernet import Batches, Features, SearchModel, accuracy
 
 SAMPLINGS = ("uniform", "gradual")
+CANDIDATES = 100  # the pool the final architecture is chosen from, by default
 
 
 def _pick(n: int, generator: torch.Generator) -> int:
@@ -81,7 +82,7 @@ class OneShot:
     alignment: float = 0.0  # weight of the node-state alignment loss
     lr: float = 0.05
     seed: int = 0
-    candidates: int = 100  # the pool the final architecture is chosen from
+    candidates: int = CANDIDATES
     val: Features | None = None  # what the pool is scored on
 
     def __post_init__(self) -> None:

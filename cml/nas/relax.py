@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from scipy.optimize import brentq
 
 # name -> (tau0, tau_min, how tau goes from one to the other over the search)
 SCHEDULES: dict[str, tuple[float, float, str]] = {
@@ -44,6 +45,7 @@ SCHEDULES: dict[str, tuple[float, float, str]] = {
     "adaptive": (1.0, 0.05, "entropy"),
     "mixed": (0.01, 0.001, "drawn"),
 }
+ENTROPY_END = 0.05  # `adaptive`: the target normalised entropy at the last step, by default
 NOISY = ("sparse", "adaptive", "mixed")  # the Gaussian-noise softmax, std `noise` x tau
 
 
@@ -63,7 +65,7 @@ class Relaxation:
     tau0: float | None = None
     tau_min: float | None = None
     noise: float = 0.3  # std of the Gaussian noise of `sparse` on the logits
-    entropy_end: float = 0.05  # `adaptive`: the target normalised entropy at the last step
+    entropy_end: float = ENTROPY_END
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -83,21 +85,24 @@ class Relaxation:
 
     def adapt(self, step: int, alpha: torch.Tensor) -> None:
         """Set `step`'s temperature from alpha (`adaptive`; the others' schedules need nothing):
-        bisection on log tau, since each row's entropy rises with tau."""
+        a root of the entropy's excess over the target in log tau, which it rises with."""
         if self.shape != "entropy":
             return
         if step > len(self.adapted):
             raise ValueError(f"step {step} adapted before step {len(self.adapted)}: adapt the steps in order")
         target, logits = self.target_entropy(step), alpha.detach().double()
+
+        def excess(log_tau: float) -> float:
+            return float(normalised_entropy(logits / math.exp(log_tau))) - target
+
         lo, hi = math.log(self.tau_min), math.log(self.tau0)
-        if float(normalised_entropy(logits / self.tau0)) <= target:
-            lo = hi
-        elif float(normalised_entropy(logits / self.tau_min)) >= target:
-            hi = lo
-        for _ in range(50):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if float(normalised_entropy(logits / math.exp(mid))) < target else (lo, mid)
-        self.adapted[step:] = [math.exp((lo + hi) / 2)]
+        if excess(hi) <= 0:  # peaked enough even at tau0
+            log_tau = hi
+        elif excess(lo) >= 0:  # too flat even at tau_min
+            log_tau = lo
+        else:
+            log_tau = brentq(excess, lo, hi, xtol=1e-12)
+        self.adapted[step:] = [math.exp(log_tau)]
 
     def temperature(self, step: int) -> float:
         if self.shape == "entropy":  # the last adapted step's, before the first: tau0

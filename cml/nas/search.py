@@ -19,8 +19,8 @@ from tqdm import tqdm
 from cml.nas.cell import DISCRETISATIONS, ArchParameters, discretize, one_hot_mixing
 from cml.nas.genotype import Genotype
 from cml.nas.hypergrad import ESTIMATORS, Loss, make_estimator
-from cml.nas.oneshot import SAMPLINGS, OneShot
-from cml.nas.relax import RELAXATIONS, Relaxation
+from cml.nas.oneshot import CANDIDATES, SAMPLINGS, OneShot
+from cml.nas.relax import ENTROPY_END, RELAXATIONS, Relaxation
 from cml.nas.supernet import Batches, Features, SearchModel, accuracy
 
 
@@ -80,7 +80,7 @@ class SearchConfig:
     )
     entropy_end: float | None = _option(
         None,
-        "adaptive: the target mean normalised entropy of the edges at the last step (default 0.05)",
+        f"adaptive: the target mean normalised entropy of the edges at the last step (default {ENTROPY_END})",
         domain="(0, 1)",
     )
     lr_schedule: str = _option(
@@ -118,7 +118,7 @@ class SearchConfig:
         0.0, "spos: weight of the loss pulling children's node states to the uniform supernet's", domain="[0, inf)"
     )
     candidates: int | None = _option(
-        None, "spos: random cells scored by inherited weights at every check (default 100)", domain="[1, inf)"
+        None, f"spos: random cells scored by inherited weights at every check (default {CANDIDATES})", domain="[1, inf)"
     )
     eval_every: int = _option(20, "steps between validation checks", domain="[1, inf)")
     head_epochs: int = _option(30, "epochs of the from-scratch training that compares the heads", domain="[1, inf)")
@@ -193,7 +193,7 @@ class DartsSearch:
             config.steps,
             config.tau0,
             config.tau_min,
-            entropy_end=config.entropy_end or 0.05,
+            entropy_end=config.entropy_end or ENTROPY_END,
             seed=seed,
         )
         self.stop = SelectiveStop(config.stop_patience) if config.stop_patience else None
@@ -335,7 +335,14 @@ TABLES = {
 def make_searcher(model: SearchModel, config: SearchConfig, val: Features, seed: int = 0) -> Searcher:
     if config.method == "spos":
         return OneShot(
-            model, config.keep, config.sampling, config.alignment, config.w_lr, seed, config.candidates or 100, val
+            model,
+            config.keep,
+            config.sampling,
+            config.alignment,
+            config.w_lr,
+            seed,
+            config.candidates or CANDIDATES,
+            val,
         )
     return DartsSearch(model, config, seed)
 
