@@ -6,6 +6,9 @@
   with that one's markers removed, after it (even positions) or before it (odd positions); label
   kept. The joined sentence is cut so the total stays within `max_length` word pieces. Memory x 4.
 
+`reverse_entities` (ACA's reversed classes, Wang et al. 2022) swaps the head and tail markers of a
+sentence, so its tail is read as the head: the relation in the other direction.
+
 Markers and labels stay valid: each new sentence has exactly one of each marker, `head_pos` and
 `tail_pos` point at its [E11] and [E21], and it starts with [CLS] and ends with [SEP].
 """
@@ -55,6 +58,21 @@ def concatenate(
     if after:
         return np.concatenate([seq[:-1], words, seq[-1:]])
     return np.concatenate([seq[:1], words, seq[1:]])
+
+
+def reverse_entities(
+    split: EncodedSplit, indices: torch.Tensor, labels: torch.Tensor, markers: tuple[int, int, int, int]
+) -> EncodedSplit:
+    """The sentences `indices` of `split` with [E11] <-> [E21] and [E12] <-> [E22], labelled `labels`.
+    Word pieces and positions only: the frozen layers' states of the new sentences are not copied."""
+    e11, e12, e21, e22 = markers
+    part = split.subset(indices)
+    ids = part.ids.clone()
+    for a, b in ((e11, e21), (e12, e22)):
+        ids[part.ids == a], ids[part.ids == b] = b, a
+    return EncodedSplit(
+        ids=ids, offsets=part.offsets, head_pos=part.tail_pos, tail_pos=part.head_pos, labels=labels.clone()
+    )
 
 
 def augment(

@@ -303,6 +303,14 @@ class CMLConfig:
         "the method's own",
         domain="[0, inf)",
     )
+    reverse_similarity: float | None = option(
+        None,
+        "learn stages on the task: a relation at least this type-similar to its own reversal (domain and range "
+        "swapped: the types cannot tell the direction) gets a reversed class for the stage, its sentences with "
+        "head and tail swapped (ACA's reversed classes; a symmetric relation's keep its label; above 1: none); "
+        "default: the method's own",
+        domain="[0, inf)",
+    )
 
 
 @dataclass

@@ -96,11 +96,13 @@ class TaskResult:
 
 @dataclass
 class MethodContext:
-    """What methods need beyond the engine: relation similarities, CML's options, the order's length."""
+    """What methods need beyond the engine: relation similarities, CML's options, the order's
+    length, and the relations that hold in both directions."""
 
     space: RelationSpace
     options: CMLConfig
     n_tasks: int
+    symmetric: frozenset[str] = frozenset()
 
 
 class Engine:
@@ -298,7 +300,7 @@ class Engine:
                 for name, grad in grads.items():
                     params[name].grad = grad
         with self.timer("optimizer step"):
-            nn.utils.clip_grad_norm_(self.trainable, 1.0)
+            nn.utils.clip_grad_norm_([*self.trainable, *data.parameters], 1.0)
             optimizer.step()
         if data.bank is not None:
             for (_, positions, _), z in zip(pieces, zs):

@@ -41,7 +41,9 @@ class Workload:
         return Workload(self.train + other.train, self.forward + other.forward)
 
 
-def cell_workload(method: Method, tasks: list[list[str]], data: EncodedData, config: RunConfig) -> Workload:
+def cell_workload(
+    method: Method, tasks: list[list[str]], data: EncodedData, config: RunConfig, context: MethodContext
+) -> Workload:
     """What one cell of `method` over `tasks` pushes through the encoder."""
     n_train = torch.bincount(data.train.labels, minlength=len(data.relations)).tolist()
     n_eval = torch.bincount(data.evaluation.labels, minlength=len(data.relations)).tolist()
@@ -57,7 +59,8 @@ def cell_workload(method: Method, tasks: list[list[str]], data: EncodedData, con
             memory = sum(held)
             if isinstance(stage, Train):
                 n = {
-                    "task": count(task, n_train),
+                    # with its reversed classes: the reversed relations' sentences once more
+                    "task": count(task, n_train) + count(stage.reversed_relations(task, context), n_train),
                     "task+memory": count(task, n_train) + memory,
                     # the threatened relations' memory: at most the `threatened` largest (exact when all hold m)
                     "task+threatened": count(task, n_train) + sum(held[: config.cml.threatened]),
@@ -155,7 +158,7 @@ def estimate_run(
 ) -> Estimate:
     """The estimate for `cells` (config resolved: a cell's threads fixed)."""
     rates = measure_rates(model, data, config, context, device)
-    work = [cell_workload(METHODS[c.method], orders[c.order], data, config) for c in cells]
+    work = [cell_workload(METHODS[c.method], orders[c.order], data, config, context) for c in cells]
     parallel = 1
     if config.executor.name == "ray" and device.type == "cpu":  # Ray holds every core of this machine
         parallel = max(1, (os.cpu_count() or 1) // config.executor.cpus_per_cell)

@@ -72,21 +72,31 @@ def _symmetric_kl(p: np.ndarray) -> np.ndarray:
     return (p * logp).sum(1)[:, None] + (p * logp).sum(1)[None, :] - p @ logp.T - (p @ logp.T).T
 
 
-def relation_similarity(p_h: np.ndarray, p_t: np.ndarray, kind: str = "kl", tau: float | None = None) -> np.ndarray:
+def _median_tau(d: np.ndarray) -> float:
+    """The median off-diagonal divergence (1 where there is none), the kl similarity's default scale."""
+    off = d[~np.eye(len(d), dtype=bool)]
+    return float(np.median(off)) if off.size and np.median(off) > 0 else 1.0
+
+
+def relation_similarity(
+    p_h: np.ndarray, p_t: np.ndarray, kind: str = "kl", tau: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """sim(r, r') = exp(-D / tau) with D the symmetrised KL of domains plus that of ranges; or the
-    cosine of v_r. `tau` defaults to the median off-diagonal D, which makes the scale data-free."""
+    cosine of v_r. `tau` defaults to the median off-diagonal D, which makes the scale data-free.
+    Also each relation's similarity to its own reversal (domain and range swapped), on the same
+    scale: high where the entity types cannot tell which argument is which (child, follows)."""
     if kind == "cosine":
-        v = np.concatenate([p_h, p_t], axis=1)
-        v = v / np.linalg.norm(v, axis=1, keepdims=True)
-        return v @ v.T
+        v, flipped = np.concatenate([p_h, p_t], axis=1), np.concatenate([p_t, p_h], axis=1)
+        norm = np.linalg.norm(v, axis=1, keepdims=True)  # the reversal's too: the same entries
+        return (v / norm) @ (v / norm).T, (v * flipped).sum(1) / norm[:, 0] ** 2
     if kind != "kl":
         raise CMLInputError(f"unknown similarity {kind!r}: use kl or cosine")
     d = np.maximum(_symmetric_kl(p_h) + _symmetric_kl(p_t), 0.0)
     np.fill_diagonal(d, 0.0)
-    if tau is None:
-        off = d[~np.eye(len(d), dtype=bool)]
-        tau = float(np.median(off)) if off.size and np.median(off) > 0 else 1.0
-    return np.exp(-d / tau)
+    tau = _median_tau(d) if tau is None else tau
+    # D(r, reversed r) = KL-sym(P_h(r), P_t(r)) + KL-sym(P_t(r), P_h(r)) = 2 KL-sym(P_h(r), P_t(r))
+    to_reversal = np.maximum(2 * np.sum((p_h - p_t) * (np.log(p_h) - np.log(p_t)), axis=1), 0.0)
+    return np.exp(-d / tau), np.exp(-to_reversal / tau)
 
 
 @dataclass
@@ -96,6 +106,7 @@ class RelationSpace:
     relations: list[str]
     vectors: np.ndarray  # [R, 2T]: v_r = [P_h ; P_t]
     similarity: np.ndarray  # [R, R]
+    reversal: np.ndarray | None = None  # [R]: sim(r, r with domain and range swapped)
 
     def __post_init__(self) -> None:
         self.index = {r: i for i, r in enumerate(self.relations)}
@@ -134,9 +145,8 @@ def build_space(
     dataset: RelationDataset, types: ExampleTypes, kind: str = "kl", tau: float | None = None
 ) -> RelationSpace:
     p_h, p_t = type_distributions(dataset, types)
-    return RelationSpace(
-        dataset.relations, np.concatenate([p_h, p_t], axis=1), relation_similarity(p_h, p_t, kind, tau)
-    )
+    similarity, reversal = relation_similarity(p_h, p_t, kind, tau)
+    return RelationSpace(dataset.relations, np.concatenate([p_h, p_t], axis=1), similarity, reversal)
 
 
 def induced_types(

@@ -196,7 +196,8 @@ def build_learner(config: RunConfig, experiment: Experiment, device: torch.devic
     tokenizer = load_tokenizer(config.encoder.name)
     model = build_model(config, tokenizer, len(experiment.dataset.relations))
     data = encode_data(config, experiment, tokenizer, model, device)
-    return model, data, MethodContext(experiment.space, config.cml, len(experiment.orders[0].tasks))
+    context = MethodContext(experiment.space, config.cml, len(experiment.orders[0].tasks), experiment.dataset.symmetric)
+    return model, data, context
 
 
 def run(

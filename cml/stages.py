@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from cml import losses
-from cml.augment import augment
+from cml.augment import augment, reverse_entities
 from cml.config import LossConfig, choices
 from cml.errors import CMLInputError, DivergedError
 from cml.memory import allocate, select_prototypes
@@ -34,7 +34,7 @@ from cml.prototypes import class_means
 from cml.tokens import EncodedSplit
 
 if TYPE_CHECKING:
-    from cml.engine import Engine
+    from cml.engine import Engine, MethodContext
 
 DATA_SOURCES = ("task", "task+memory", "task+threatened", "memory", "seen")
 ORDERS = ("shuffle", "curriculum", "curriculum-mix")
@@ -86,10 +86,21 @@ class StageData:
     bank_sample: int | None  # anchors against this many random bank entries per step (None: all)
     teacher: Output | None  # the model from the start of the task on every item (rows follow `items`)
     margins: torch.Tensor | None = None  # [R, R] type margins of the ce and proto terms (None: none)
+    spare: torch.Tensor | None = None  # [S, H] classifier rows of the stage's reversed classes, ids R.. R+S-1
+
+    @property
+    def parameters(self) -> list[torch.Tensor]:
+        """What the stage trains beside the model: the spare rows, where it has them."""
+        return [] if self.spare is None else [self.spare]
+
+
+def with_spare_rows(logits: torch.Tensor, h: torch.Tensor, spare: torch.Tensor | None) -> torch.Tensor:
+    """The logits over the relations, then over the stage's reversed classes (h against the spare rows)."""
+    return logits if spare is None else torch.cat([logits.float(), h.float() @ spare.T], 1)
 
 
 def _loss_ce(out: Output, y: torch.Tensor, d: StageData, teacher: Output | None, c: LossConfig) -> torch.Tensor:
-    return losses.cross_entropy(out.logits, y, d.margins)
+    return losses.cross_entropy(with_spare_rows(out.logits, out.h, d.spare), y, d.margins)
 
 
 def _loss_supcon(out, y, d, teacher, c):
@@ -180,6 +191,9 @@ class Train:
     replay: str = "uniform"  # uniform, or threat: items drawn by their relation's similarity to the task
     meta_batches: int = 1  # sub-batches of a first-order MER step (1: a plain optimiser step)
     type_margin: float = 0.0  # scale of the type margins of its ce and proto terms (0: none)
+    # a learn stage on the task (`cml.reverse_similarity` sets it for every such stage): the type
+    # similarity to its own reversal at which a relation gets a reversed class (None: none)
+    reverse: float | None = None
 
     def __post_init__(self) -> None:
         assert self.data in DATA_SOURCES and self.order in ORDERS, self
@@ -187,6 +201,7 @@ class Train:
         assert self.replay in choices("cml.replay_weighting") and self.meta_batches >= 1, self
         assert self.type_margin >= 0, self
         assert self.data == "memory" or (self.replay, self.meta_batches, self.type_margin) == ("uniform", 1, 0.0), self
+        assert self.reverse is None or (self.data == "task" and not any(TERMS[t].prototypes for t in self.losses))
 
     def own(self, engine: Engine, option: str, value):
         """A consolidation part's setting (`chosen`); other stages keep their declaration."""
@@ -217,6 +232,8 @@ class Train:
             return sum(w * TERMS[t].fn(out, labels, data, teacher, engine.config.loss) for t, w in weights.items())
 
         optimizer = engine.optimizer()
+        if data.spare is not None:
+            optimizer.add_param_group({"params": data.parameters, "lr": engine.config.train.head_lr})
         engine.model.train()
         meta = self.own(engine, "meta_batches", self.meta_batches)
         for epoch in range(epochs):
@@ -233,9 +250,14 @@ class Train:
 
     def stage_data(self, engine: Engine, active: tuple[str, ...]) -> StageData:
         """The items and what the `active` loss terms read (a term weighted 0 costs no pass)."""
-        split = engine.data.train
+        split, spare = engine.data.train, None
         if self.data == "task":
             items = engine.data.train_indices(engine.current)
+            relations = self.reversed_relations(engine.current, engine.context)
+            if relations:
+                with engine.timer("reversed classes", len(items)):
+                    split, spare = reversed_classes(engine, items, relations)
+                items = torch.arange(len(split))
         elif self.data == "task+memory":
             items = torch.cat([engine.data.train_indices(engine.current), engine.memory.indices()])
         elif self.data == "task+threatened":
@@ -264,8 +286,19 @@ class Train:
         scale = self.own(engine, "type_margin", self.type_margin)
         margins = type_margins(engine, scale) if scale and set(active) & set(MARGIN_TERMS) else None
         return StageData(
-            split, items, position, engine.seen, engine.old_ids, prototypes, bank, sample, teacher, margins
+            split, items, position, engine.seen, engine.old_ids, prototypes, bank, sample, teacher, margins, spare
         )
+
+    def reversed_relations(self, task: list[str], context: MethodContext) -> list[str]:
+        """The relations of `task` that get a reversed class in this stage: those at least
+        `reverse` type-similar to their own reversal, where the entity types cannot tell the
+        direction (child, follows), so the encoder must learn it from the sentence."""
+        option = context.options.reverse_similarity
+        threshold = (self.reverse if option is None else option) if self.data == "task" else None
+        if threshold is None:
+            return []
+        space = context.space
+        return [r for r in task if space.reversal[space.index[r]] >= threshold]
 
     def batches(self, engine: Engine, data: StageData, epoch: int) -> list[torch.Tensor]:
         """Lists of split indices, one per optimiser step."""
@@ -291,6 +324,29 @@ class Train:
         weights = threat_weights(torch.where(is_old, to_task, to_old), is_old)
         generator = torch.Generator().manual_seed(engine.seed + 7919 * (epoch + 1))
         return data.items[torch.multinomial(weights, len(weights), replacement=True, generator=generator)]
+
+
+def reversed_classes(
+    engine: Engine, items: torch.Tensor, relations: list[str]
+) -> tuple[EncodedSplit, torch.Tensor | None]:
+    """The task's sentences `items`, then those of `relations` with head and tail swapped (ACA's
+    reversed classes, Wang et al. 2022). A symmetric relation's reversed sentences keep its label
+    (spouse(a, b) is spouse(b, a)); any other's form a class of its own for the stage, with id
+    R + j and a spare classifier row drawn from the task's seed (returned; None where every one is
+    symmetric). The reversed sentences get their frozen-layer states here."""
+    train, ids = engine.data.train, engine.data.label_of
+    directed = [r for r in relations if r not in engine.context.symmetric]
+    label = {ids[r]: ids[r] if r not in directed else len(ids) + directed.index(r) for r in relations}
+    source = items[torch.isin(train.labels[items], engine.data.ids(relations))]
+    labels = torch.tensor([label[int(y)] for y in train.labels[source]])
+    flipped = engine.with_frozen_states(reverse_entities(train, source, labels, engine.data.markers))
+    split = EncodedSplit.concatenate([train.subset(items), flipped])
+    if not directed:
+        return split, None
+    width = engine.model.classifier.in_features
+    generator = torch.Generator().manual_seed(engine.seed + 104729)
+    rows = torch.empty(len(directed), width).uniform_(-(width**-0.5), width**-0.5, generator=generator)
+    return split, rows.to(engine.device).requires_grad_()
 
 
 def threatened(engine: Engine) -> list[str]:

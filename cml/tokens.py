@@ -49,6 +49,34 @@ class EncodedSplit:
         hidden = self.hidden.to(device) if self.hidden is not None else None
         return dataclasses.replace(self, ids=self.ids.to(device), hidden=hidden)
 
+    def subset(self, indices: torch.Tensor) -> EncodedSplit:
+        """The examples `indices`, in that order, with their word pieces and cached states."""
+        starts, lengths = self.offsets[indices], self.lengths[indices]
+        rows = torch.cat([torch.arange(s, s + n) for s, n in zip(starts.tolist(), lengths.tolist())])
+        rows = to_device(rows, self.ids.device)
+        return EncodedSplit(
+            ids=self.ids[rows],
+            offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+            head_pos=self.head_pos[indices],
+            tail_pos=self.tail_pos[indices],
+            labels=self.labels[indices],
+            hidden=self.hidden[rows] if self.hidden is not None else None,
+        )
+
+    @staticmethod
+    def concatenate(splits: list[EncodedSplit]) -> EncodedSplit:
+        """The examples of `splits`, one after the other (cached states kept where all have them)."""
+        lengths = torch.cat([s.lengths for s in splits])
+        hidden = [s.hidden for s in splits]
+        return EncodedSplit(
+            ids=torch.cat([s.ids for s in splits]),
+            offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+            head_pos=torch.cat([s.head_pos for s in splits]),
+            tail_pos=torch.cat([s.tail_pos for s in splits]),
+            labels=torch.cat([s.labels for s in splits]),
+            hidden=torch.cat(hidden) if all(h is not None for h in hidden) else None,
+        )
+
     def batch(self, index, pad_id: int = 0) -> dict[str, torch.Tensor]:
         """One batch padded to its longest sentence; word pieces and states come on the device
         they are stored on, the rest on the CPU."""

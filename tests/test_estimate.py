@@ -15,7 +15,7 @@ from tests.test_engine import small_config
 @pytest.mark.parametrize(
     "method, every",
     [(m, 1) for m in ("finetune", "joint", "replay", "crl", "cear", "cml", "cml-2021")]
-    + [("replay", 3), ("cml+focus", 1)],
+    + [("replay", 3), ("cml+focus", 1), ("cml-no-reversed", 1)],
 )
 def test_the_count_is_what_a_run_pushes_through_the_encoder(method, every, tmp_path):
     config = small_config(tmp_path / "run", methods=(method,), orders=1)
@@ -25,8 +25,8 @@ def test_the_count_is_what_a_run_pushes_through_the_encoder(method, every, tmp_p
     timer = PhaseTimer()
     run(config, experiment, progress=False, timer=timer)
     resolved_config, device = resolved(config)
-    _, data, _ = build_learner(resolved_config, experiment, device)
-    counted = cell_workload(METHODS[method], experiment.orders[0].tasks, data, resolved_config)
+    _, data, context = build_learner(resolved_config, experiment, device)
+    counted = cell_workload(METHODS[method], experiment.orders[0].tasks, data, resolved_config, context)
     assert counted.train == timer.examples[TRAIN_PHASE] > 0
     assert counted.forward == sum(timer.examples[p] for p in FORWARD_PHASES)
 

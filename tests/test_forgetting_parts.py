@@ -368,3 +368,133 @@ def test_confusions_count_every_error_on_old_relations(tmp_path):
     assert errors == round((1 - last["old_accuracy"]) * old_examples)
     new = set(last["relations"])
     assert not new & set(last["confusions"])  # only old relations' errors
+
+
+# --- reversed classes ------------------------------------------------------------------------------
+
+
+def test_reversing_swaps_the_markers_and_twice_gives_the_sentence_back(tmp_path):
+    from cml.augment import reverse_entities
+
+    engine, _ = make_engine(small_config(tmp_path, methods=("cml",)), "cml")
+    split, markers = engine.data.train, engine.data.markers
+    pick = torch.tensor([0, 5, 17])
+    once = reverse_entities(split, pick, torch.tensor([7, 8, 9]), markers)
+    swap = {markers[0]: markers[2], markers[2]: markers[0], markers[1]: markers[3], markers[3]: markers[1]}
+    for row, i in enumerate(pick.tolist()):
+        original = split.ids[split.offsets[i] : split.offsets[i + 1]].tolist()
+        flipped = once.ids[once.offsets[row] : once.offsets[row + 1]].tolist()
+        assert flipped == [swap.get(t, t) for t in original]
+        assert flipped[once.head_pos[row]] == markers[0] and flipped[once.tail_pos[row]] == markers[2]
+    assert once.labels.tolist() == [7, 8, 9] and once.hidden is None
+    twice = reverse_entities(once, torch.arange(3), once.labels, markers)
+    back = split.subset(pick)
+    assert torch.equal(twice.ids, back.ids) and torch.equal(twice.offsets, back.offsets)
+    assert torch.equal(twice.head_pos, back.head_pos) and torch.equal(twice.tail_pos, back.tail_pos)
+
+
+def test_subset_and_concatenation_keep_the_batches(tmp_path):
+    from cml.tokens import EncodedSplit
+
+    engine, _ = make_engine(small_config(tmp_path), "replay")
+    split = engine.data.train
+    a, b = torch.tensor([3, 1]), torch.tensor([8, 2, 9])
+    joined = EncodedSplit.concatenate([split.subset(a), split.subset(b)])
+    assert joined.hidden is not None  # the small config freezes a layer: states travel with the words
+    for key, value in joined.batch(torch.arange(5)).items():
+        assert torch.equal(value, split.batch(torch.cat([a, b]))[key]), key
+
+
+def test_the_learn_stage_adds_a_reversed_class_per_directed_relation(tmp_path):
+    """cml: the relations of the task at least as similar to their own reversal as the threshold
+    (by the relation space) get their sentences again with head and tail swapped; a symmetric
+    one's keep its label, every other one's get a class R + j and a spare row."""
+    from cml.augment import reverse_entities
+    from cml.frozen import frozen_states
+    from cml.methods import REVERSE_SIMILARITY
+
+    config = small_config(tmp_path, methods=("cml",))
+    engine, experiment = make_engine(config, "cml")
+    space, symmetric = experiment.space, experiment.dataset.symmetric
+    task = next(t for t in experiment.orders[0].tasks if set(t) & symmetric and not set(t) <= symmetric)
+    engine.tasks.append(task)
+    engine.seen[engine.current_ids] = True
+    # the demo's types are one per entity: a relation between two persons is 1.0 like its reversal,
+    # any other 0.135; the threshold is lowered below that to reverse both kinds
+    assert engine.method.stages[0].reverse == REVERSE_SIMILARITY
+    engine.context.options.reverse_similarity = threshold = 0.1  # cml's own, 0, would take every one
+    chosen = [r for r in task if space.reversal[space.index[r]] >= threshold]
+    directed = [r for r in chosen if r not in symmetric]
+    assert set(chosen) & symmetric and directed
+    learn = engine.method.stages[0]
+    data = learn.stage_data(engine, ("ce",))
+    items, train, n_relations = engine.data.train_indices(task), engine.data.train, len(engine.data.relations)
+    source = items[torch.isin(train.labels[items], engine.data.ids(chosen))]
+    expected = [
+        int(y)
+        if engine.data.relations[int(y)] in symmetric
+        else n_relations + directed.index(engine.data.relations[int(y)])
+        for y in train.labels[source]
+    ]
+    assert data.items.tolist() == list(range(len(items) + len(source)))
+    assert data.split.labels.tolist() == train.labels[items].tolist() + expected
+    assert data.spare.shape == (len(directed), engine.model.classifier.in_features) and data.spare.requires_grad
+    flipped = reverse_entities(train, source, torch.tensor(expected), engine.data.markers)
+    states = frozen_states(engine.model.encoder, flipped, engine.data.pad_id, precision=engine.autocast)
+    assert torch.equal(data.split.hidden[-len(states) :], states)  # the reversed sentences' own states
+    assert torch.equal(data.split.hidden[: len(data.split.hidden) - len(states)], train.subset(items).hidden)
+
+
+def test_cross_entropy_over_the_spare_rows_by_hand():
+    from cml.stages import TERMS
+
+    logits = torch.tensor([[2.0, -1.0, torch.finfo(torch.float32).min], [0.5, 0.0, torch.finfo(torch.float32).min]])
+    h = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    spare = torch.tensor([[1.0, 1.0], [0.5, -1.0]])
+    labels = torch.tensor([3, 1])  # a reversed class (R = 3, spare row 0) and a relation
+    # h @ spare.T: [[1, .5], [2, -2]], after the 3 relations (the third unseen: no mass)
+    rows = [[2.0, -1.0, -np.inf, 1.0, 0.5], [0.5, 0.0, -np.inf, 2.0, -2.0]]
+    by_hand = np.mean([np.log(np.sum(np.exp(r))) - r[y] for r, y in zip(rows, [3, 1])])
+    out = types.SimpleNamespace(logits=logits, h=h)
+    data = types.SimpleNamespace(spare=spare, margins=None)
+    assert float(TERMS["ce"].fn(out, labels, data, None, None)) == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_a_threshold_above_one_reverses_nothing(tmp_path):
+    """`--reverse-similarity` above 1: the learn stage is the plain task with no spare row; the
+    run's numbers then differ from cml's own (the option is not ignored)."""
+    from cml.experiment import build_experiment
+    from cml.runner import run
+    from tests.test_engine import rows_without_time
+
+    engine, experiment = make_engine(small_config(tmp_path / "engine", methods=("cml",)), "cml")
+    engine.context.options.reverse_similarity = 1.5
+    engine.tasks.append(experiment.orders[0].tasks[0])
+    engine.seen[engine.current_ids] = True
+    data = engine.method.stages[0].stage_data(engine, ("ce",))
+    assert data.spare is None and data.split is engine.data.train
+    assert data.items.tolist() == engine.data.train_indices(engine.current).tolist()
+    numbers = {}
+    for threshold in (None, 1.5):
+        config = small_config(tmp_path / str(threshold), methods=("cml",), orders=1)
+        config.cml.reverse_similarity = threshold
+        run(config, build_experiment(config), progress=False)
+        numbers[threshold] = rows_without_time(tmp_path / str(threshold))
+    assert numbers[None] != numbers[1.5]
+
+
+def test_the_spare_rows_train_with_the_stage(tmp_path, monkeypatch):
+    engine, experiment = make_engine(small_config(tmp_path, methods=("cml",)), "cml")
+    learn, seen = engine.method.stages[0], {}
+    original = Train.stage_data
+
+    def keep(self, engine, active):
+        seen["data"] = original(self, engine, active)
+        seen["before"] = seen["data"].spare.detach().clone()
+        return seen["data"]
+
+    monkeypatch.setattr(Train, "stage_data", keep)
+    engine.tasks.append(next(t for t in experiment.orders[0].tasks if set(t) - experiment.dataset.symmetric))
+    engine.seen[engine.current_ids] = True
+    learn.run(engine)
+    assert not torch.equal(seen["data"].spare.detach(), seen["before"])

@@ -19,14 +19,24 @@ from cml.relations import (
 def test_symmetrised_kl_matches_a_direct_computation():
     rng = np.random.default_rng(0)
     p_h, p_t = rng.dirichlet(np.ones(5), size=4), rng.dirichlet(np.ones(5), size=4)
-    sim = relation_similarity(p_h, p_t, "kl", tau=2.0)
+    sim, reversal = relation_similarity(p_h, p_t, "kl", tau=2.0)
     for a in range(4):
         for b in range(4):
             d = sum(entropy(p[a], p[b]) + entropy(p[b], p[a]) for p in (p_h, p_t))
             assert sim[a, b] == pytest.approx(np.exp(-d / 2.0), rel=1e-9)
-    cos = relation_similarity(p_h, p_t, "cosine")
-    v = np.concatenate([p_h, p_t], 1)
+        # the reversal: domain and range swapped, compared side by side with the relation itself
+        d = entropy(p_h[a], p_t[a]) + entropy(p_t[a], p_h[a]) + entropy(p_t[a], p_h[a]) + entropy(p_h[a], p_t[a])
+        assert reversal[a] == pytest.approx(np.exp(-d / 2.0), rel=1e-9)
+    cos, cos_reversal = relation_similarity(p_h, p_t, "cosine")
+    v, flipped = np.concatenate([p_h, p_t], 1), np.concatenate([p_t, p_h], 1)
     assert cos[1, 2] == pytest.approx(v[1] @ v[2] / np.linalg.norm(v[1]) / np.linalg.norm(v[2]))
+    assert cos_reversal[3] == pytest.approx(v[3] @ flipped[3] / np.linalg.norm(v[3]) / np.linalg.norm(flipped[3]))
+
+
+def test_reversal_similarity_is_one_where_domain_and_range_agree():
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    _, reversal = relation_similarity(p, p[[0, 0]], "kl")  # relation 0: the same types on both sides
+    assert reversal[0] == pytest.approx(1.0) and reversal[1] < 0.5
 
 
 def test_demo_relations_sharing_types_are_nearest(demo):

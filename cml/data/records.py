@@ -9,6 +9,14 @@ from cml.errors import CMLInputError
 
 Span = tuple[int, int]  # [start, end) token positions
 MARKERS = ("[E11]", "[E12]", "[E21]", "[E22]")  # before and after the head, before and after the tail
+# Relations that hold in both directions (r(a, b) implies r(b, a)): a sentence of one with its head
+# and tail swapped is still that relation. FewRel's are the Wikidata properties with the symmetric
+# constraint (Q18647518) among its 80 train relations (spouse, sibling, said to be the same as) and
+# two more of the full inventory (shares border with, diplomatic relation); TACRED's and the demo's
+# by their names.
+SYMMETRIC_RELATIONS = frozenset(
+    {"P26", "P3373", "P460", "P47", "P530", "per:spouse", "per:siblings", "per:other_family", "spouse", "sibling_of"}
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,11 @@ class RelationDataset:
     @property
     def label_of(self) -> dict[str, int]:
         return {r: i for i, r in enumerate(self.relations)}
+
+    @property
+    def symmetric(self) -> frozenset[str]:
+        """Its relations that hold in both directions (`SYMMETRIC_RELATIONS`)."""
+        return SYMMETRIC_RELATIONS & frozenset(self.relations)
 
     def display_name(self, relation: str) -> str:
         name = self.relation_names.get(relation)
