@@ -1,9 +1,10 @@
-"""Final W of one method in two run directories that differ in a setting a merged report refuses
-to pair (the head, the encoder budget), paired over their shared (order, seed) cells: each
-cell's figures, the mean difference A − B with its 95% t interval, the paired t test and the
-Wilcoxon signed-rank test (cml.metrics.paired_comparison, as the report's own pairs).
+"""Final W of a method in run directories that a merged report refuses to pair (they differ in
+the head, the encoder budget, or their seeds), paired over their shared (order, seed) cells:
+each cell's figures, the mean difference A − B with its 95% t interval, the paired t test and
+the Wilcoxon signed-rank test (cml.metrics.paired_comparison, as the report's own pairs). B may
+be several runs (say, one per seed) and another method (`--method-b`, an ablation).
 
-python benchmarks/paired_runs.py RUN_A RUN_B [--method cml]
+python benchmarks/paired_runs.py RUN_A RUN_B [RUN_B ...] [--method cml] [--method-b cml-no-reversed]
 """
 
 import argparse
@@ -16,34 +17,39 @@ from cml.runner import read_results
 
 args = argparse.ArgumentParser()
 args.add_argument("a", type=Path)
-args.add_argument("b", type=Path)
+args.add_argument("b", type=Path, nargs="+")
 args.add_argument("--method", default="cml")
+args.add_argument("--method-b", help="B's method (default: --method)")
 a = args.parse_args()
 
 
-def final_w(run_dir: Path) -> dict[tuple[int, int], float]:
+def final_w(run_dir: Path, method: str) -> dict[tuple[int, int], float]:
     """(order, seed) -> final whole accuracy in %: the last task's row, weighted by task size."""
-    rows = {key: row for key, row in read_results(run_dir).items() if key[0] == a.method}
+    rows = {key: row for key, row in read_results(run_dir).items() if key[0] == method}
     last = {(order, seed): max(k for m, o, s, k in rows if (o, s) == (order, seed)) for _, order, seed, _ in rows}
     out = {}
     for (order, seed), task in last.items():
-        row = rows[(a.method, order, seed, task)]
+        row = rows[(method, order, seed, task)]
         weighted = sum(n * acc for n, acc in zip(row["task_size"], row["task_accuracy"]))
         out[(order, seed)] = 100 * weighted / sum(row["task_size"])
     return out
 
 
-first, second = final_w(a.a), final_w(a.b)
+method_b = a.method_b or a.method
+first, second = final_w(a.a, a.method), {}
+for run_dir in a.b:
+    second.update(final_w(run_dir, method_b))
 cells = sorted(set(first) & set(second))
+name_a, name_b = f"{a.method} ({a.a.name})", f"{method_b} ({', '.join(d.name for d in a.b)})"
 if not cells:
-    raise SystemExit(f"no (order, seed) cell of {a.method} in both {a.a} and {a.b}")
-print(f"| order | seed | {a.a.name} | {a.b.name} | difference |\n|---|---|---|---|---|")
+    raise SystemExit(f"no (order, seed) cell in both {name_a} and {name_b}")
+print(f"| order | seed | {name_a} | {name_b} | difference |\n|---|---|---|---|---|")
 for order, seed in cells:
     x, y = first[(order, seed)], second[(order, seed)]
     print(f"| {order} | {seed} | {x:.1f} | {y:.1f} | {x - y:+.1f} |")
 c = paired_comparison(torch.tensor([first[k] for k in cells]), torch.tensor([second[k] for k in cells]))
 interval = f"{c.ci_low:+.2f} to {c.ci_high:+.2f}" if c.ci_low is not None else "undefined"
 print(
-    f"\n{a.a.name} − {a.b.name} over {c.n} cells: {c.mean_difference:+.2f} (95% {interval}), "
+    f"\n{name_a} − {name_b} over {c.n} cells: {c.mean_difference:+.2f} (95% {interval}), "
     f"paired t p {c.t_p_value:.2g}, Wilcoxon p {c.wilcoxon_p_value:.2g}"
 )

@@ -7,7 +7,9 @@
   kept. The joined sentence is cut so the total stays within `max_length` word pieces. Memory x 4.
 
 `reverse_entities` (ACA's reversed classes, Wang et al. 2022) swaps the head and tail markers of a
-sentence, so its tail is read as the head: the relation in the other direction.
+sentence, so its tail is read as the head: the relation in the other direction. `hybrid_entities`
+(ACA's hybrid classes) joins the head of one sentence and the tail of another, each with a few
+words of its context, so neither sentence's relation holds: a class only both contexts tell.
 
 Markers and labels stay valid: each new sentence has exactly one of each marker, `head_pos` and
 `tail_pos` point at its [E11] and [E21], and it starts with [CLS] and ends with [SEP].
@@ -75,6 +77,48 @@ def reverse_entities(
     )
 
 
+HYBRID_CONTEXT = 5  # word pieces of context kept on each side of a hybrid's entity (ACA's)
+
+
+def _hybrid(first: np.ndarray, second: np.ndarray, markers: tuple[int, int, int, int]) -> np.ndarray:
+    """[CLS], `first`'s head mention between its markers with up to HYBRID_CONTEXT word pieces on
+    each side (cut before its tail marker), `second`'s tail mention likewise (cut after its head's
+    closing marker), [SEP]. Both sentences have their head first."""
+    (e11, e12, e21, _), (_, f12, f21, f22) = (
+        [int(np.flatnonzero(seq == m)[0]) for m in markers] for seq in (first, second)
+    )
+    assert e11 < e21 and f12 < f21, "a hybrid is made of sentences with the head before the tail"
+    c = HYBRID_CONTEXT
+    head = first[max(1, e11 - c) : min(e12 + 1 + c, e21)]
+    tail = second[max(f12 + 1, f21 - c) : min(f22 + 1 + c, len(second) - 1)]
+    return np.concatenate([first[:1], head, tail, first[-1:]])
+
+
+def hybrid_entities(
+    split: EncodedSplit,
+    first: torch.Tensor,
+    second: torch.Tensor,
+    labels: torch.Tensor,
+    markers: tuple[int, int, int, int],
+) -> EncodedSplit:
+    """The hybrid sentences of the pairs (`first[i]`, `second[i]`) of `split`, labelled `labels`.
+    Word pieces and positions only: the frozen layers' states are not made here."""
+    seqs = [_hybrid(a, b, markers) for a, b in zip(_sequences(split, first), _sequences(split, second))]
+    return _from_sequences(seqs, labels.tolist(), markers)
+
+
+def _from_sequences(seqs: list[np.ndarray], labels: list[int], markers: tuple[int, int, int, int]) -> EncodedSplit:
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    flat = np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, dtype=np.int32)
+    return EncodedSplit(
+        ids=torch.from_numpy(flat),
+        offsets=torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)])).long(),
+        head_pos=torch.tensor([int(np.flatnonzero(s == markers[0])[0]) for s in seqs], dtype=torch.long),
+        tail_pos=torch.tensor([int(np.flatnonzero(s == markers[2])[0]) for s in seqs], dtype=torch.long),
+        labels=torch.tensor(labels, dtype=torch.long),
+    )
+
+
 def augment(
     split: EncodedSplit,
     indices: torch.Tensor,
@@ -106,12 +150,4 @@ def augment(
                 j = pick(len(seqs))
             joined.append(concatenate(s, seqs[j], markers, after=i % 2 == 0, max_length=max_length))
         seqs, labels = seqs + joined, labels + labels
-    lengths = np.array([len(s) for s in seqs])
-    flat = np.concatenate(seqs).astype(np.int32)
-    return EncodedSplit(
-        ids=torch.from_numpy(flat),
-        offsets=torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)])).long(),
-        head_pos=torch.tensor([int(np.flatnonzero(s == markers[0])[0]) for s in seqs]),
-        tail_pos=torch.tensor([int(np.flatnonzero(s == markers[2])[0]) for s in seqs]),
-        labels=torch.tensor(labels, dtype=torch.long),
-    )
+    return _from_sequences(seqs, labels, markers)

@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         config, origin = config_from_args(args)
         if args.search_head:
             return search_head(config)
-        if not args.plan_only:
-            prepare_run_dir(config, resume=bool(args.resume))  # fail before any data is loaded
+        # fail before any data is loaded; a plan refuses what its run would (it writes nothing either)
+        prepare_run_dir(config, resume=bool(args.resume))
         experiment = build_experiment(config)
         print(f"settings: {origin}")
         print(f"methods: {', '.join(config.train.methods)}; {config.seeds} seed(s); encoder {config.encoder.name}")

@@ -311,6 +311,14 @@ class CMLConfig:
         "default: the method's own",
         domain="[0, inf)",
     )
+    hybrid_pairs: str | None = option(
+        None,
+        "learn stages on the task: a hybrid class (ACA's) per pair of the task's relations, its sentences the head "
+        "with 5 words of context from one relation's sentence and the tail with its context from the other's: none, "
+        "aca (the first half of the task's relations with the second half) or analogous (the most type-similar "
+        "pairs first); default: the method's own",
+        choices=("none", "aca", "analogous"),
+    )
 
 
 @dataclass

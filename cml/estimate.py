@@ -23,7 +23,7 @@ from cml.config import RunConfig
 from cml.engine import EncodedData, Engine, MethodContext
 from cml.methods import METHODS, Method
 from cml.model import RelationModel
-from cml.stages import TERMS, SelectMemory, StageData, Train
+from cml.stages import TERMS, SelectMemory, StageData, Train, hybrid_sources
 from cml.timing import TRAIN_PHASE, PhaseTimer
 
 AUGMENTED_COPIES = {"none": 1, "swap": 2, "full": 4}  # sentences per memory item after cml/augment.py
@@ -49,6 +49,7 @@ def cell_workload(
     n_eval = torch.bincount(data.evaluation.labels, minlength=len(data.relations)).tolist()
     count = lambda relations, per: sum(per[data.label_of[r]] for r in relations)
     m, copies = config.train.memory_size, AUGMENTED_COPIES[config.train.augment]
+    hybrids = lambda task, pairs: len(hybrid_sources(data.train, data.train_indices(task), pairs, data.label_of)[0])
     total, seen, in_memory = Workload(), [], []
     for k, task in enumerate(tasks):
         seen = seen + task
@@ -59,8 +60,10 @@ def cell_workload(
             memory = sum(held)
             if isinstance(stage, Train):
                 n = {
-                    # with its reversed classes: the reversed relations' sentences once more
-                    "task": count(task, n_train) + count(stage.reversed_relations(task, context), n_train),
+                    # with its own classes: the reversed relations' sentences once more, and the hybrids
+                    "task": count(task, n_train)
+                    + count(stage.reversed_relations(task, context), n_train)
+                    + hybrids(task, stage.hybrid_pairs(task, context)),
                     "task+memory": count(task, n_train) + memory,
                     # the threatened relations' memory: at most the `threatened` largest (exact when all hold m)
                     "task+threatened": count(task, n_train) + sum(held[: config.cml.threatened]),

@@ -80,6 +80,7 @@ CML_PARTS: dict[str, tuple[bool, str]] = {
     "margins": (False, "type-similarity margins in the consolidation"),
     "focus": (False, "the memory of the old relations the task threatens most in the learn stage"),
     "reversed": (True, "reversed classes in the learn stage"),
+    "hybrid": (False, "hybrid classes of the most type-similar pairs in the learn stage"),
 }
 
 
@@ -93,7 +94,12 @@ def cml(summary: str, **parts: bool) -> Method:
         (
             Train("learn", "task+threatened")
             if has["focus"]
-            else Train("learn", "task", reverse=REVERSE_SIMILARITY if has["reversed"] else None),
+            else Train(
+                "learn",
+                "task",
+                reverse=REVERSE_SIMILARITY if has["reversed"] else None,
+                hybrid="analogous" if has["hybrid"] else "none",
+            ),
             SelectMemory(allocation="difficulty" if has["allocation"] else "uniform"),
             consolidate(
                 CEAR_LOSSES,

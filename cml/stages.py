@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from cml import losses
-from cml.augment import augment, reverse_entities
+from cml.augment import augment, hybrid_entities, reverse_entities
 from cml.config import LossConfig, choices
 from cml.errors import CMLInputError, DivergedError
 from cml.memory import allocate, select_prototypes
@@ -86,7 +86,7 @@ class StageData:
     bank_sample: int | None  # anchors against this many random bank entries per step (None: all)
     teacher: Output | None  # the model from the start of the task on every item (rows follow `items`)
     margins: torch.Tensor | None = None  # [R, R] type margins of the ce and proto terms (None: none)
-    spare: torch.Tensor | None = None  # [S, H] classifier rows of the stage's reversed classes, ids R.. R+S-1
+    spare: torch.Tensor | None = None  # [S, H] rows of the stage's own classes (reversed, hybrid), ids R.. R+S-1
 
     @property
     def parameters(self) -> list[torch.Tensor]:
@@ -95,7 +95,7 @@ class StageData:
 
 
 def with_spare_rows(logits: torch.Tensor, h: torch.Tensor, spare: torch.Tensor | None) -> torch.Tensor:
-    """The logits over the relations, then over the stage's reversed classes (h against the spare rows)."""
+    """The logits over the relations, then over the stage's own classes (h against the spare rows)."""
     return logits if spare is None else torch.cat([logits.float(), h.float() @ spare.T], 1)
 
 
@@ -191,9 +191,11 @@ class Train:
     replay: str = "uniform"  # uniform, or threat: items drawn by their relation's similarity to the task
     meta_batches: int = 1  # sub-batches of a first-order MER step (1: a plain optimiser step)
     type_margin: float = 0.0  # scale of the type margins of its ce and proto terms (0: none)
-    # a learn stage on the task (`cml.reverse_similarity` sets it for every such stage): the type
-    # similarity to its own reversal at which a relation gets a reversed class (None: none)
+    # a learn stage on the task (`cml.reverse_similarity` and `cml.hybrid_pairs` set them for every
+    # such stage): the type similarity to its own reversal at which a relation gets a reversed class
+    # (None: none), and how the task's relations are paired into hybrid classes (none, aca, analogous)
     reverse: float | None = None
+    hybrid: str = "none"
 
     def __post_init__(self) -> None:
         assert self.data in DATA_SOURCES and self.order in ORDERS, self
@@ -201,7 +203,10 @@ class Train:
         assert self.replay in choices("cml.replay_weighting") and self.meta_batches >= 1, self
         assert self.type_margin >= 0, self
         assert self.data == "memory" or (self.replay, self.meta_batches, self.type_margin) == ("uniform", 1, 0.0), self
-        assert self.reverse is None or (self.data == "task" and not any(TERMS[t].prototypes for t in self.losses))
+        assert self.hybrid in choices("cml.hybrid_pairs"), self.hybrid
+        assert (self.reverse, self.hybrid) == (None, "none") or (
+            self.data == "task" and not any(TERMS[t].prototypes for t in self.losses)
+        ), self
 
     def own(self, engine: Engine, option: str, value):
         """A consolidation part's setting (`chosen`); other stages keep their declaration."""
@@ -254,9 +259,10 @@ class Train:
         if self.data == "task":
             items = engine.data.train_indices(engine.current)
             relations = self.reversed_relations(engine.current, engine.context)
-            if relations:
-                with engine.timer("reversed classes", len(items)):
-                    split, spare = reversed_classes(engine, items, relations)
+            pairs = self.hybrid_pairs(engine.current, engine.context)
+            if relations or pairs:
+                with engine.timer("adversarial classes", len(items)):
+                    split, spare = stage_classes(engine, items, relations, pairs)
                 items = torch.arange(len(split))
         elif self.data == "task+memory":
             items = torch.cat([engine.data.train_indices(engine.current), engine.memory.indices()])
@@ -300,6 +306,11 @@ class Train:
         space = context.space
         return [r for r in task if space.reversal[space.index[r]] >= threshold]
 
+    def hybrid_pairs(self, task: list[str], context: MethodContext) -> list[tuple[str, str]]:
+        """The pairs of `task`'s relations that each get a hybrid class in this stage (`pairing`)."""
+        option = context.options.hybrid_pairs
+        return pairing(task, context.space, self.hybrid if option is None else option) if self.data == "task" else []
+
     def batches(self, engine: Engine, data: StageData, epoch: int) -> list[torch.Tensor]:
         """Lists of split indices, one per optimiser step."""
         size, window = engine.config.train.batch_size, engine.config.train.length_window
@@ -326,26 +337,72 @@ class Train:
         return data.items[torch.multinomial(weights, len(weights), replacement=True, generator=generator)]
 
 
-def reversed_classes(
-    engine: Engine, items: torch.Tensor, relations: list[str]
+def pairing(task: list[str], space, kind: str) -> list[tuple[str, str]]:
+    """Disjoint pairs of `task`'s relations for hybrid classes. aca: the first half with the
+    second half, in the task's order (ACA's). analogous: the most type-similar pair first, then the
+    most similar of the rest, and so on, so the hybrids are made of relations whose entity types
+    cannot tell them apart (mother and father) and the stage must read both contexts. none: []."""
+    if kind == "none":
+        return []
+    half = len(task) // 2
+    if kind == "aca":
+        return list(zip(task[:half], task[half : 2 * half]))
+    sim = space.pairwise(task, task)
+    ranked = sorted(((i, j) for i in range(len(task)) for j in range(i + 1, len(task))), key=lambda p: (-sim[p], p))
+    used: set[int] = set()
+    pairs = []
+    for i, j in ranked:
+        if i not in used and j not in used:
+            pairs.append((task[i], task[j]))
+            used |= {i, j}
+    return pairs
+
+
+def hybrid_sources(
+    split: EncodedSplit, items: torch.Tensor, pairs: list[tuple[str, str]], label_of: dict[str, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sentences of each pair's hybrids, as ACA makes them: for pair p = (a, b), the i-th of
+    a's and of b's sentences among `items`, for i below the smaller of their counts, where both
+    have the head before the tail (the others are left out). Returns (a's, b's, p) per hybrid."""
+    first, second, pair = [torch.empty(0, dtype=torch.long)] * 3
+    for p, (a, b) in enumerate(pairs):
+        of_a, of_b = (items[split.labels[items] == label_of[r]] for r in (a, b))
+        n = min(len(of_a), len(of_b))
+        of_a, of_b = of_a[:n], of_b[:n]
+        keep = (split.head_pos[of_a] < split.tail_pos[of_a]) & (split.head_pos[of_b] < split.tail_pos[of_b])
+        first, second = torch.cat([first, of_a[keep]]), torch.cat([second, of_b[keep]])
+        pair = torch.cat([pair, torch.full((int(keep.sum()),), p, dtype=torch.long)])
+    return first, second, pair
+
+
+def stage_classes(
+    engine: Engine, items: torch.Tensor, relations: list[str], pairs: list[tuple[str, str]]
 ) -> tuple[EncodedSplit, torch.Tensor | None]:
-    """The task's sentences `items`, then those of `relations` with head and tail swapped (ACA's
-    reversed classes, Wang et al. 2022). A symmetric relation's reversed sentences keep its label
-    (spouse(a, b) is spouse(b, a)); any other's form a class of its own for the stage, with id
-    R + j and a spare classifier row drawn from the task's seed (returned; None where every one is
-    symmetric). The reversed sentences get their frozen-layer states here."""
-    train, ids = engine.data.train, engine.data.label_of
+    """The task's sentences `items`, then ACA's adversarial classes (Wang et al. 2022): those of
+    `relations` with head and tail swapped (reversed classes), then one hybrid class per pair (a,
+    b), its i-th sentence joining the head of a's i-th sentence to the tail of b's. A symmetric
+    relation's reversed sentences keep its label (spouse(a, b) is spouse(b, a)); every other
+    reversed relation and every pair is a class of its own for the stage, with ids R, R + 1, ...
+    (reversed first) and a spare classifier row each, drawn from the task's seed (returned; None
+    where there is none). The new sentences get their frozen-layer states here."""
+    train, ids, markers = engine.data.train, engine.data.label_of, engine.data.markers
     directed = [r for r in relations if r not in engine.context.symmetric]
-    label = {ids[r]: ids[r] if r not in directed else len(ids) + directed.index(r) for r in relations}
-    source = items[torch.isin(train.labels[items], engine.data.ids(relations))]
-    labels = torch.tensor([label[int(y)] for y in train.labels[source]])
-    flipped = engine.with_frozen_states(reverse_entities(train, source, labels, engine.data.markers))
-    split = EncodedSplit.concatenate([train.subset(items), flipped])
-    if not directed:
+    parts = [train.subset(items)]
+    if relations:
+        label = {ids[r]: ids[r] if r not in directed else len(ids) + directed.index(r) for r in relations}
+        source = items[torch.isin(train.labels[items], engine.data.ids(relations))]
+        labels = torch.tensor([label[int(y)] for y in train.labels[source]])
+        parts.append(engine.with_frozen_states(reverse_entities(train, source, labels, markers)))
+    if pairs:
+        first, second, pair = hybrid_sources(train, items, pairs, ids)
+        labels = len(ids) + len(directed) + pair
+        parts.append(engine.with_frozen_states(hybrid_entities(train, first, second, labels, markers)))
+    split = EncodedSplit.concatenate(parts)
+    if not directed and not pairs:
         return split, None
     width = engine.model.classifier.in_features
     generator = torch.Generator().manual_seed(engine.seed + 104729)
-    rows = torch.empty(len(directed), width).uniform_(-(width**-0.5), width**-0.5, generator=generator)
+    rows = torch.empty(len(directed) + len(pairs), width).uniform_(-(width**-0.5), width**-0.5, generator=generator)
     return split, rows.to(engine.device).requires_grad_()
 
 

@@ -173,9 +173,10 @@ def test_resume_with_a_different_config_touches_nothing(tmp_path, capsys):
     config = small_config(tmp_path / "run", methods=("finetune",), orders=1)
     run(config, build_experiment(config), progress=False)
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
-    assert main(["--resume", str(tmp_path / "run"), "--epochs", "3"]) == 2
-    err = capsys.readouterr().err
-    assert "cannot resume" in err and "train.epochs=1" in err and "train.epochs=3" in err
+    for plan in ([], ["--plan-only"]):  # the plan refuses what the run refuses
+        assert main(["--resume", str(tmp_path / "run"), "--epochs", "3", *plan]) == 2
+        err = capsys.readouterr().err
+        assert "cannot resume" in err and "train.epochs=1" in err and "train.epochs=3" in err
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
 
 

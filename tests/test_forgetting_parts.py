@@ -483,6 +483,91 @@ def test_a_threshold_above_one_reverses_nothing(tmp_path):
     assert numbers[None] != numbers[1.5]
 
 
+def test_a_hybrid_joins_one_sentences_head_to_anothers_tail_by_hand():
+    from cml.augment import hybrid_entities
+    from cml.tokens import EncodedSplit
+
+    markers, cls, sep = (1, 2, 3, 4), 101, 102  # [E11] [E12] [E21] [E22]
+    sentences = [
+        [cls, *range(10, 17), 1, 50, 51, 2, *range(20, 27), 3, 60, 4, 30, sep],
+        [cls, 1, 70, 2, 40, 41, 3, 80, 81, 4, *range(90, 98), sep],
+        [cls, 1, 50, 2, 20, 21, 3, 60, 4, sep],  # the head's context stops at the tail marker
+    ]
+    lengths = torch.tensor([len(s) for s in sentences])
+    split = EncodedSplit(
+        ids=torch.tensor([t for s in sentences for t in s], dtype=torch.int32),
+        offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+        head_pos=torch.tensor([s.index(1) for s in sentences]),
+        tail_pos=torch.tensor([s.index(3) for s in sentences]),
+        labels=torch.tensor([0, 1, 2]),
+    )
+    out = hybrid_entities(split, torch.tensor([0, 2]), torch.tensor([1, 1]), torch.tensor([7, 8]), markers)
+    # 5 words each side of the head (those before [E11], then up to 5 after [E12] and before [E21]);
+    # from the second, the words after its [E12] (2 of them, not 5), its tail, 5 words after it
+    expected = [
+        [cls, 12, 13, 14, 15, 16, 1, 50, 51, 2, 20, 21, 22, 23, 24, 40, 41, 3, 80, 81, 4, 90, 91, 92, 93, 94, sep],
+        [cls, 1, 50, 2, 20, 21, 40, 41, 3, 80, 81, 4, 90, 91, 92, 93, 94, sep],
+    ]
+    got = [out.ids[out.offsets[i] : out.offsets[i + 1]].tolist() for i in range(2)]
+    assert got == expected
+    assert out.head_pos.tolist() == [6, 1] and out.tail_pos.tolist() == [17, 8] and out.labels.tolist() == [7, 8]
+
+
+def test_pairing_by_hand():
+    from cml.stages import pairing
+
+    # ab .9, ac .8, cd .7, bc .3, ad .2, bd .1
+    sim = np.array([[1, 0.9, 0.8, 0.2], [0.9, 1, 0.3, 0.1], [0.8, 0.3, 1, 0.7], [0.2, 0.1, 0.7, 1]])
+    space = RelationSpace(list("abcd"), np.zeros((4, 2)), sim)
+    assert pairing(list("abcd"), space, "aca") == [("a", "c"), ("b", "d")]  # first half with second half
+    assert pairing(list("abcd"), space, "analogous") == [("a", "b"), ("c", "d")]  # .9, then the best of the rest
+    assert pairing(list("dcba"), space, "analogous") == [("b", "a"), ("d", "c")]  # the task's order does not matter
+    assert pairing(list("abc"), space, "analogous") == [("a", "b")] and pairing(list("abc"), space, "aca") == [
+        ("a", "b")
+    ]
+    assert pairing(list("abcd"), space, "none") == []
+
+
+def test_the_learn_stage_adds_a_hybrid_class_per_pair(tmp_path):
+    """Hybrid classes after the reversed ones: pair p's hybrids are the i-th sentences of its two
+    relations (both with the head first), labelled R + (reversed classes) + p, with their own
+    frozen-layer states and a spare row per class."""
+    from cml.augment import hybrid_entities
+    from cml.frozen import frozen_states
+    from cml.stages import pairing
+
+    engine, experiment = make_engine(small_config(tmp_path, methods=("cml",)), "cml")
+    task = next(t for t in experiment.orders[0].tasks if set(t) - experiment.dataset.symmetric)
+    engine.tasks.append(task)
+    engine.seen[engine.current_ids] = True
+    engine.context.options.hybrid_pairs = "analogous"
+    learn = engine.method.stages[0]
+    train, n_relations = engine.data.train, len(engine.data.relations)
+    directed = [r for r in learn.reversed_relations(task, engine.context) if r not in experiment.dataset.symmetric]
+    pairs = pairing(task, experiment.space, "analogous")
+    assert learn.hybrid_pairs(task, engine.context) == pairs and len(pairs) == len(task) // 2
+    items = engine.data.train_indices(task)
+    first, second, labels = [], [], []
+    for p, (a, b) in enumerate(pairs):
+        of = {r: [int(i) for i in items if engine.data.relations[int(train.labels[i])] == r] for r in (a, b)}
+        for i, j in zip(of[a], of[b]):
+            if train.head_pos[i] < train.tail_pos[i] and train.head_pos[j] < train.tail_pos[j]:
+                first, second, labels = first + [i], second + [j], labels + [n_relations + len(directed) + p]
+    assert labels
+    data = learn.stage_data(engine, ("ce",))
+    assert data.split.labels[-len(labels) :].tolist() == labels
+    reversed_sentences = len(engine.data.train_indices(learn.reversed_relations(task, engine.context)))
+    assert len(data.split) == len(items) + reversed_sentences + len(labels)
+    assert data.spare.shape == (len(directed) + len(pairs), engine.model.classifier.in_features)
+    hybrids = hybrid_entities(
+        train, torch.tensor(first), torch.tensor(second), torch.tensor(labels), engine.data.markers
+    )
+    tail = data.split.subset(torch.arange(len(data.split) - len(labels), len(data.split)))
+    assert torch.equal(tail.ids, hybrids.ids) and torch.equal(tail.head_pos, hybrids.head_pos)
+    states = frozen_states(engine.model.encoder, hybrids, engine.data.pad_id, precision=engine.autocast)
+    assert torch.equal(tail.hidden, states)
+
+
 def test_the_spare_rows_train_with_the_stage(tmp_path, monkeypatch):
     engine, experiment = make_engine(small_config(tmp_path, methods=("cml",)), "cml")
     learn, seen = engine.method.stages[0], {}
