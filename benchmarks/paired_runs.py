@@ -49,7 +49,8 @@ for order, seed in cells:
     print(f"| {order} | {seed} | {x:.1f} | {y:.1f} | {x - y:+.1f} |")
 c = paired_comparison(torch.tensor([first[k] for k in cells]), torch.tensor([second[k] for k in cells]))
 interval = f"{c.ci_low:+.2f} to {c.ci_high:+.2f}" if c.ci_low is not None else "undefined"
+p = lambda value: "undefined" if value is None else f"{value:.2g}"  # one cell: no test
 print(
     f"\n{name_a} − {name_b} over {c.n} cells: {c.mean_difference:+.2f} (95% {interval}), "
-    f"paired t p {c.t_p_value:.2g}, Wilcoxon p {c.wilcoxon_p_value:.2g}"
+    f"paired t p {p(c.t_p_value)}, Wilcoxon p {p(c.wilcoxon_p_value)}"
 )

@@ -38,7 +38,7 @@ from cml.model import RelationModel
 from cml.report import write_report
 from cml.timing import PhaseTimer
 from cml.tokens import tokenize_cached
-from cml.trackers import open_trackers
+from cml.trackers import open_trackers, prepare_trackers
 
 CONFIG_FILE, RESULTS_FILE = "config.yaml", "results.jsonl"
 # may differ between a run and its resumption: they do not change a number (the head search's
@@ -254,6 +254,7 @@ def run(
                 log.flush()
                 bar.update()
 
+        prepare_trackers(config, run_dir)
         EXECUTORS[config.executor.name](grid, todo, device, record, timer, progress)
     estimated = round(estimate.seconds, 1) if estimate else None
     wall = {"estimated_seconds": estimated, "seconds": round(time.perf_counter() - began, 1)}

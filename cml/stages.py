@@ -35,6 +35,7 @@ from cml.tokens import EncodedSplit
 
 if TYPE_CHECKING:
     from cml.engine import Engine, MethodContext
+    from cml.relations import RelationSpace
 
 DATA_SOURCES = ("task", "task+memory", "task+threatened", "memory", "seen")
 ORDERS = ("shuffle", "curriculum", "curriculum-mix")
@@ -337,11 +338,11 @@ class Train:
         return data.items[torch.multinomial(weights, len(weights), replacement=True, generator=generator)]
 
 
-def pairing(task: list[str], space, kind: str) -> list[tuple[str, str]]:
+def pairing(task: list[str], space: RelationSpace, kind: str) -> list[tuple[str, str]]:
     """Disjoint pairs of `task`'s relations for hybrid classes. aca: the first half with the
     second half, in the task's order (ACA's). analogous: the most type-similar pair first, then the
     most similar of the rest, and so on, so the hybrids are made of relations whose entity types
-    cannot tell them apart (mother and father) and the stage must read both contexts. none: []."""
+    cannot tell them apart (residence and work location) and the stage must read both contexts. none: []."""
     if kind == "none":
         return []
     half = len(task) // 2

@@ -58,30 +58,10 @@ class TensorBoard:
 class MLflow:
     def __init__(self, uri: str, group: str, name: str, params: dict[str, str]):
         from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
 
-        if uri.startswith("file:"):  # MLflow 3 keeps its file store in maintenance and asks for this opt-in
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = MlflowClient(uri)
-        self.run_id = self.client.create_run(self._experiment(group), run_name=name).info.run_id
+        self.client = mlflow_client(uri)
+        self.run_id = self.client.create_run(mlflow_experiment(self.client, group), run_name=name).info.run_id
         self.client.log_batch(self.run_id, params=[Param(k, v[:500]) for k, v in params.items()])
-
-    def _experiment(self, group: str) -> str:
-        """The id of the experiment `group`, created where it does not exist. Cells on Ray start
-        side by side: when another cell creates it between the lookup and the creation, MLflow
-        refuses the second creation, and the lookup then finds it."""
-        from mlflow.exceptions import MlflowException
-
-        found = self.client.get_experiment_by_name(group)
-        if found:
-            return found.experiment_id
-        try:
-            return self.client.create_experiment(group)
-        except MlflowException:
-            found = self.client.get_experiment_by_name(group)
-            if found is None:
-                raise
-            return found.experiment_id
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -126,6 +106,41 @@ class WandB:
 
     def close(self) -> None:
         self.run.finish()
+
+
+def mlflow_client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("file:"):  # MLflow 3 keeps its file store in maintenance and asks for this opt-in
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return MlflowClient(uri)
+
+
+def mlflow_experiment(client, group: str) -> str:
+    """The id of the experiment `group`, created where it does not exist; where another process
+    creates it between the lookup and the creation and MLflow refuses the second, the lookup
+    then finds it."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(group)
+    if found:
+        return found.experiment_id
+    try:
+        return client.create_experiment(group)
+    except MlflowException:
+        found = client.get_experiment_by_name(group)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def prepare_trackers(config: RunConfig, run_dir: Path) -> None:
+    """What the cells' tracker runs share, made once by the driver before any cell starts: the
+    MLflow experiment of the run's group. Cells on Ray start side by side, and MLflow's file
+    store can make two experiments of one name when two processes create it at the same moment
+    (its check and its creation are not one step), so a cell's run could land in a twin."""
+    if "mlflow" in config.log_to:
+        mlflow_experiment(mlflow_client(config.mlflow_uri), run_dir.resolve().name)
 
 
 def open_trackers(config: RunConfig, run_dir: Path, name: str) -> list[Tracker]:

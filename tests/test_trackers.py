@@ -101,3 +101,29 @@ def test_mlflow_cells_creating_their_group_at_once_share_it(tmp_path, monkeypatc
     experiment = lookup(client, "grid").experiment_id
     assert {r.info.run_name for r in client.search_runs([experiment])} == {"cml-order0-seed3", "cml-order1-seed3"}
     assert first.run_id != second.run_id
+
+
+def test_the_driver_makes_the_mlflow_group_before_any_cell_starts(tmp_path, monkeypatch):
+    """Two cells creating the group at the same moment can make twins in MLflow's file store (its
+    check and its creation are not one step), so the group exists before the executor starts."""
+    from mlflow.tracking import MlflowClient
+
+    from cml import runner
+    from cml.experiment import build_experiment
+    from tests.test_engine import small_config
+
+    config = small_config(tmp_path / "run", methods=("finetune",), orders=1)
+    config.log_to, config.mlflow_uri = ["mlflow"], (tmp_path / "mlruns").as_uri()
+    local, seen = runner.EXECUTORS["local"], {}
+
+    def executor(*args):
+        seen["group"] = MlflowClient(config.mlflow_uri).get_experiment_by_name("run")
+        return local(*args)
+
+    monkeypatch.setitem(runner.EXECUTORS, "local", executor)
+    runner.run(config, build_experiment(config), progress=False)
+    assert seen["group"] is not None
+    client = MlflowClient(config.mlflow_uri)
+    runs = client.search_runs([seen["group"].experiment_id])
+    assert {r.info.run_name for r in runs} == {"finetune-order0-seed3", "report"}
+    assert [e.name for e in client.search_experiments()].count("run") == 1

@@ -1,0 +1,55 @@
+"""benchmarks/paired_runs.py: a method's final W in one run against another method's in runs of
+one seed each, paired by (order, seed), against the runs' own reports and scipy's paired t test."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from cml.experiment import build_experiment
+from cml.runner import run
+from tests.test_engine import small_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def final_w(run_dir: Path, method: str) -> list[list[float]]:
+    """[order][seed index] final whole accuracy in %, as the run's report gives it."""
+    report = json.loads((run_dir / "report.json").read_text())
+    return [[100 * w for w in order] for order in report["methods"][method]["final_whole_accuracy_per_run"]]
+
+
+def test_an_ablation_pairs_over_runs_of_one_seed_each(tmp_path):
+    runs = {"a": ("replay", 3, 2), "b3": ("finetune", 3, 1), "b4": ("finetune", 4, 1)}  # method, seed, seeds
+    for name, (method, seed, seeds) in runs.items():
+        config = small_config(tmp_path / name, methods=(method,), orders=2)
+        config.seed, config.seeds = seed, seeds
+        run(config, build_experiment(config), progress=False)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "paired_runs.py"), str(tmp_path / "a"), str(tmp_path / "b3"),
+         str(tmp_path / "b4"), "--method", "replay", "--method-b", "finetune"],
+        capture_output=True, text=True, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stdout  # fmt: skip
+    a, b3, b4 = (
+        final_w(tmp_path / "a", "replay"),
+        final_w(tmp_path / "b3", "finetune"),
+        final_w(tmp_path / "b4", "finetune"),
+    )
+    expected = {(o, 3): (a[o][0], b3[o][0]) for o in range(2)} | {(o, 4): (a[o][1], b4[o][0]) for o in range(2)}
+    table = {
+        (int(m[1]), int(m[2])): (float(m[3]), float(m[4]))
+        for m in re.finditer(r"^\| (\d) \| (\d) \| ([\d.]+) \| ([\d.]+) \|", out, re.MULTILINE)
+    }
+    assert table.keys() == expected.keys()
+    for key, (x, y) in expected.items():
+        assert table[key] == pytest.approx((round(x, 1), round(y, 1)), abs=0.051)
+    xs, ys = zip(*(expected[k] for k in sorted(expected)))
+    mean = sum(x - y for x, y in zip(xs, ys)) / len(xs)
+    summary = re.search(r"over 4 cells: ([+-][\d.]+) .*paired t p ([\d.e+-]+)", out)
+    assert float(summary[1]) == pytest.approx(mean, abs=0.006)
+    assert float(summary[2]) == pytest.approx(stats.ttest_rel(xs, ys).pvalue, rel=0.06)
