@@ -134,13 +134,18 @@ def mlflow_experiment(client, group: str) -> str:
         return found.experiment_id
 
 
+def group_of(run_dir: Path) -> str:
+    """The trackers' group of a run's cells and report: the run directory's name."""
+    return run_dir.resolve().name
+
+
 def prepare_trackers(config: RunConfig, run_dir: Path) -> None:
     """What the cells' tracker runs share, made once by the driver before any cell starts: the
     MLflow experiment of the run's group. Cells on Ray start side by side, and MLflow's file
     store can make two experiments of one name when two processes create it at the same moment
     (its check and its creation are not one step), so a cell's run could land in a twin."""
     if "mlflow" in config.log_to:
-        mlflow_experiment(mlflow_client(config.mlflow_uri), run_dir.resolve().name)
+        mlflow_experiment(mlflow_client(config.mlflow_uri), group_of(run_dir))
 
 
 def open_trackers(config: RunConfig, run_dir: Path, name: str) -> list[Tracker]:
@@ -148,7 +153,7 @@ def open_trackers(config: RunConfig, run_dir: Path, name: str) -> list[Tracker]:
     name, with the config as its parameters (none at all without --log-to)."""
     if not config.log_to:
         return []
-    group, params = run_dir.resolve().name, {k: str(v) for k, v in flatten(config.to_dict()).items()}
+    group, params = group_of(run_dir), {k: str(v) for k, v in flatten(config.to_dict()).items()}
     made = {
         "tensorboard": lambda: TensorBoard(run_dir, name, params),
         "mlflow": lambda: MLflow(config.mlflow_uri, group, name, params),
