@@ -1,8 +1,11 @@
 """Final W of a method in run directories that a merged report refuses to pair (they differ in
-the head, the encoder budget, or their seeds), paired over their shared (order, seed) cells:
+the head, the encoder budget, or their `--seed`), paired over their shared (order, seed) cells:
 each cell's figures, the mean difference A − B with its 95% t interval, the paired t test and
 the Wilcoxon signed-rank test (cml.metrics.paired_comparison, as the report's own pairs). B may
-be several runs (say, one per seed) and another method (`--method-b`, an ablation).
+be several runs and another method (`--method-b`, an ablation). A run's `--seed` is more than
+its first cell's seed: it also seeds the induced entity types (the relation space) and the
+random parts of the model and data, so a cell of seed 2022 from a `--seed 2022` run is not the
+seed-2022 cell of a `--seed 2021 --seeds 2` run; a pair across such runs says so.
 
 python benchmarks/paired_runs.py RUN_A RUN_B [RUN_B ...] [--method cml] [--method-b cml-no-reversed]
 """
@@ -12,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from cml.config import load_config
 from cml.metrics import paired_comparison
-from cml.runner import read_results
+from cml.runner import CONFIG_FILE, read_results
 
 args = argparse.ArgumentParser()
 args.add_argument("a", type=Path)
@@ -36,13 +40,19 @@ def final_w(run_dir: Path, method: str) -> dict[tuple[int, int], float]:
 
 
 method_b = a.method_b or a.method
-first, second = final_w(a.a, a.method), {}
+first, second, base = final_w(a.a, a.method), {}, {}
 for run_dir in a.b:
-    second.update(final_w(run_dir, method_b))
+    cells_b = final_w(run_dir, method_b)
+    second.update(cells_b)
+    base |= dict.fromkeys(cells_b, load_config(run_dir / CONFIG_FILE).seed)
 cells = sorted(set(first) & set(second))
 name_a, name_b = f"{a.method} ({a.a.name})", f"{method_b} ({', '.join(d.name for d in a.b)})"
 if not cells:
     raise SystemExit(f"no (order, seed) cell in both {name_a} and {name_b}")
+seed_a = load_config(a.a / CONFIG_FILE).seed
+apart = sorted({base[k] for k in cells} - {seed_a})
+if apart:
+    print(f"note: B's cells of --seed {apart} pair with A's of --seed {seed_a}: their relation spaces differ too\n")
 print(f"| order | seed | {name_a} | {name_b} | difference |\n|---|---|---|---|---|")
 for order, seed in cells:
     x, y = first[(order, seed)], second[(order, seed)]

@@ -48,6 +48,7 @@ def test_an_ablation_pairs_over_runs_of_one_seed_each(tmp_path):
     assert table.keys() == expected.keys()
     for key, (x, y) in expected.items():
         assert table[key] == pytest.approx((round(x, 1), round(y, 1)), abs=0.051)
+    assert "note: B's cells of --seed [4] pair with A's of --seed 3" in out  # b4 has a relation space of its own
     xs, ys = zip(*(expected[k] for k in sorted(expected)))
     mean = sum(x - y for x, y in zip(xs, ys)) / len(xs)
     summary = re.search(r"over 4 cells: ([+-][\d.]+) .*paired t p ([\d.e+-]+)", out)
