@@ -29,12 +29,17 @@ def _sequences(split: EncodedSplit, indices: torch.Tensor) -> list[np.ndarray]:
     return [ids[offsets[i] : offsets[i + 1]] for i in indices.tolist()]
 
 
+def _positions(seq: np.ndarray, markers: tuple[int, int, int, int]) -> list[int]:
+    """Where [E11], [E12], [E21] and [E22] stand in `seq` (each once)."""
+    return [int(np.flatnonzero(seq == m)[0]) for m in markers]
+
+
 def _pieces(
     seq: np.ndarray, markers: tuple[int, int, int, int]
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, bool]:
     """(the sequence cut at the markers, with the two mention contents left out; head content;
     tail content; whether the head comes first)."""
-    e11, e12, e21, e22 = (int(np.flatnonzero(seq == m)[0]) for m in markers)
+    e11, e12, e21, e22 = _positions(seq, markers)
     head, tail = seq[e11 + 1 : e12], seq[e21 + 1 : e22]
     if e11 < e21:
         rest = [seq[: e11 + 1], seq[e12 : e21 + 1], seq[e22:]]
@@ -84,9 +89,7 @@ def _hybrid(first: np.ndarray, second: np.ndarray, markers: tuple[int, int, int,
     """[CLS], `first`'s head mention between its markers with up to HYBRID_CONTEXT word pieces on
     each side (cut before its tail marker), `second`'s tail mention likewise (cut after its head's
     closing marker), [SEP]. Both sentences have their head first."""
-    (e11, e12, e21, _), (_, f12, f21, f22) = (
-        [int(np.flatnonzero(seq == m)[0]) for m in markers] for seq in (first, second)
-    )
+    (e11, e12, e21, _), (_, f12, f21, f22) = _positions(first, markers), _positions(second, markers)
     assert e11 < e21 and f12 < f21, "a hybrid is made of sentences with the head before the tail"
     c = HYBRID_CONTEXT
     head = first[max(1, e11 - c) : min(e12 + 1 + c, e21)]

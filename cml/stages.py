@@ -41,9 +41,9 @@ DATA_SOURCES = ("task", "task+memory", "task+threatened", "memory", "seen")
 ORDERS = ("shuffle", "curriculum", "curriculum-mix")
 
 
-def chosen(engine: Engine, option: str, own):
+def chosen(context: MethodContext, option: str, own):
     """A part's setting: the `cml:` option of that name where the run sets it, else the stage's own."""
-    value = getattr(engine.context.options, option)
+    value = getattr(context.options, option)
     return own if value is None else value
 
 
@@ -211,7 +211,7 @@ class Train:
 
     def own(self, engine: Engine, option: str, value):
         """A consolidation part's setting (`chosen`); other stages keep their declaration."""
-        return chosen(engine, option, value) if self.data == "memory" else value
+        return chosen(engine.context, option, value) if self.data == "memory" else value
 
     @property
     def needs_teacher(self) -> bool:
@@ -300,8 +300,7 @@ class Train:
         """The relations of `task` that get a reversed class in this stage: those at least
         `reverse` type-similar to their own reversal, where the entity types cannot tell the
         direction (child, follows), so the encoder must learn it from the sentence."""
-        option = context.options.reverse_similarity
-        threshold = (self.reverse if option is None else option) if self.data == "task" else None
+        threshold = chosen(context, "reverse_similarity", self.reverse) if self.data == "task" else None
         if threshold is None:
             return []
         space = context.space
@@ -309,8 +308,7 @@ class Train:
 
     def hybrid_pairs(self, task: list[str], context: MethodContext) -> list[tuple[str, str]]:
         """The pairs of `task`'s relations that each get a hybrid class in this stage (`pairing`)."""
-        option = context.options.hybrid_pairs
-        return pairing(task, context.space, self.hybrid if option is None else option) if self.data == "task" else []
+        return pairing(task, context.space, chosen(context, "hybrid_pairs", self.hybrid)) if self.data == "task" else []
 
     def batches(self, engine: Engine, data: StageData, epoch: int) -> list[torch.Tensor]:
         """Lists of split indices, one per optimiser step."""
@@ -365,15 +363,17 @@ def hybrid_sources(
     """The sentences of each pair's hybrids, as ACA makes them: for pair p = (a, b), the i-th of
     a's and of b's sentences among `items`, for i below the smaller of their counts, where both
     have the head before the tail (the others are left out). Returns (a's, b's, p) per hybrid."""
-    first, second, pair = [torch.empty(0, dtype=torch.long)] * 3
+    empty = torch.empty(0, dtype=torch.long)
+    first, second, pair = [empty], [empty], [empty]
     for p, (a, b) in enumerate(pairs):
         of_a, of_b = (items[split.labels[items] == label_of[r]] for r in (a, b))
         n = min(len(of_a), len(of_b))
         of_a, of_b = of_a[:n], of_b[:n]
         keep = (split.head_pos[of_a] < split.tail_pos[of_a]) & (split.head_pos[of_b] < split.tail_pos[of_b])
-        first, second = torch.cat([first, of_a[keep]]), torch.cat([second, of_b[keep]])
-        pair = torch.cat([pair, torch.full((int(keep.sum()),), p, dtype=torch.long)])
-    return first, second, pair
+        first.append(of_a[keep])
+        second.append(of_b[keep])
+        pair.append(torch.full((int(keep.sum()),), p, dtype=torch.long))
+    return torch.cat(first), torch.cat(second), torch.cat(pair)
 
 
 def stage_classes(
@@ -491,7 +491,7 @@ class SelectMemory:
     def shares(self, engine: Engine, labels: torch.Tensor) -> dict[str, int]:
         """Memory slots of every seen relation (`labels`: those of the current task's training data)."""
         m, seen = engine.config.train.memory_size, engine.seen_relations
-        if chosen(engine, "memory_allocation", self.allocation) == "uniform":
+        if chosen(engine.context, "memory_allocation", self.allocation) == "uniform":
             return dict.fromkeys(seen, m)
         space = engine.context.space
         weights = [space.relation_difficulty(r, [b for b in seen if b != r] or [r]) for r in seen]
@@ -522,7 +522,7 @@ class RefreshPrototypes:
         items = engine.memory.indices(engine.seen_relations)
         out, labels = _encode_training(engine, items)
         engine.prototypes.set("dynamic", engine.seen_ids, _means(out, labels, engine.seen_ids))
-        if chosen(engine, "prototype_drift", self.drift) == "compensated":
+        if chosen(engine.context, "prototype_drift", self.drift) == "compensated":
             engine.prototypes.compensate(items, labels, engine.seen_ids, {"h": out.h, "z": out.z})
 
 
