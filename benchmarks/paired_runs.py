@@ -1,11 +1,13 @@
 """Final W of a method in run directories that a merged report refuses to pair (they differ in
 the head, the encoder budget, or their `--seed`), paired over their shared (order, seed) cells:
-each cell's figures, the mean difference A − B with its 95% t interval, the paired t test and
-the Wilcoxon signed-rank test (cml.metrics.paired_comparison, as the report's own pairs). B may
-be several runs and another method (`--method-b`, an ablation). A run's `--seed` is more than
-its first cell's seed: it also seeds the induced entity types (the relation space) and the
-random parts of the model and data, so a cell of seed 2022 from a `--seed 2022` run is not the
-seed-2022 cell of a `--seed 2021 --seeds 2` run; a pair across such runs says so.
+each cell's figures, then the mean difference A − B with its 95% t interval, the paired t test
+and the Wilcoxon signed-rank test (cml.metrics.paired_comparison, as the report's own pairs) over
+the cells and, where an order has several seeds, over the order means (stricter: an order's
+seeds share the order). B may be several runs and another method (`--method-b`, an ablation).
+A run's `--seed` is more than its first cell's seed: it also seeds the induced entity types (the
+relation space) and the random parts of the model and data, so a cell of seed 2022 from a
+`--seed 2022` run is not the seed-2022 cell of a `--seed 2021 --seeds 2` run; a pair across such
+runs says so. A cell that has begun but not reached its last task is left out, with a note.
 
 python benchmarks/paired_runs.py RUN_A RUN_B [RUN_B ...] [--method cml] [--method-b cml-no-reversed]
 """
@@ -16,8 +18,9 @@ from pathlib import Path
 import torch
 
 from cml.config import load_config
+from cml.experiment import build_experiment
 from cml.metrics import paired_comparison
-from cml.runner import CONFIG_FILE, read_results
+from cml.runner import CONFIG_FILE, read_results, unfinished
 
 args = argparse.ArgumentParser()
 args.add_argument("a", type=Path)
@@ -28,12 +31,20 @@ a = args.parse_args()
 
 
 def final_w(run_dir: Path, method: str) -> dict[tuple[int, int], float]:
-    """(order, seed) -> final whole accuracy in %: the last task's row, weighted by task size."""
-    rows = {key: row for key, row in read_results(run_dir).items() if key[0] == method}
-    last = {(order, seed): max(k for m, o, s, k in rows if (o, s) == (order, seed)) for _, order, seed, _ in rows}
+    """(order, seed) -> final whole accuracy in %: the last task's row, weighted by task size, for
+    the cells of `method` that have reached their last task. A cell that has begun but not ended
+    (a run in flight, or interrupted) is left out and said: its latest row is not a final W."""
+    config = load_config(run_dir / CONFIG_FILE)
+    rows = read_results(run_dir)
+    experiment = build_experiment(config)
+    begun = {(o, s) for m, o, s, _ in rows if m == method}
+    cut = [c for c in unfinished(config, experiment, rows) if c.method == method and (c.order, c.seed) in begun]
+    if cut:
+        print(f"note: {run_dir}: left out, not finished: {', '.join(c.name for c in cut)}\n")
+    last = len(experiment.orders[0].tasks) - 1
     out = {}
-    for (order, seed), task in last.items():
-        row = rows[(method, order, seed, task)]
+    for order, seed in sorted(begun - {(c.order, c.seed) for c in cut}):
+        row = rows[(method, order, seed, last)]
         weighted = sum(n * acc for n, acc in zip(row["task_size"], row["task_accuracy"]))
         out[(order, seed)] = 100 * weighted / sum(row["task_size"])
     return out
@@ -57,10 +68,21 @@ print(f"| order | seed | {name_a} | {name_b} | difference |\n|---|---|---|---|--
 for order, seed in cells:
     x, y = first[(order, seed)], second[(order, seed)]
     print(f"| {order} | {seed} | {x:.1f} | {y:.1f} | {x - y:+.1f} |")
-c = paired_comparison(torch.tensor([first[k] for k in cells]), torch.tensor([second[k] for k in cells]))
-interval = f"{c.ci_low:+.2f} to {c.ci_high:+.2f}" if c.ci_low is not None else "undefined"
-p = lambda value: "undefined" if value is None else f"{value:.2g}"  # one cell: no test
-print(
-    f"\n{name_a} − {name_b} over {c.n} cells: {c.mean_difference:+.2f} (95% {interval}), "
-    f"paired t p {p(c.t_p_value)}, Wilcoxon p {p(c.wilcoxon_p_value)}"
-)
+p = lambda value: "undefined" if value is None else f"{value:.2g}"  # one pair: no test
+
+
+def say(pairs: list[tuple[float, float]], unit: str) -> None:
+    c = paired_comparison(*torch.tensor(pairs, dtype=torch.float64).T)
+    interval = f"{c.ci_low:+.2f} to {c.ci_high:+.2f}" if c.ci_low is not None else "undefined"
+    print(
+        f"{name_a} − {name_b} over {c.n} {unit}: {c.mean_difference:+.2f} (95% {interval}), "
+        f"paired t p {p(c.t_p_value)}, Wilcoxon p {p(c.wilcoxon_p_value)}"
+    )
+
+
+print()
+say([(first[k], second[k]) for k in cells], "cells")
+orders = sorted({o for o, _ in cells})
+if len(orders) < len(cells):  # an order's seeds share the order: the stricter test pairs order means
+    mean = lambda w, o: sum(w[k] for k in cells if k[0] == o) / sum(k[0] == o for k in cells)
+    say([(mean(first, o), mean(second, o)) for o in orders], "order means (its seeds averaged)")

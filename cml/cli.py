@@ -31,7 +31,11 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument(opt.flag, dest=opt.key, action="store_true", default=None, help=_help(opt))
         else:
             p.add_argument(opt.flag, dest=opt.key, type=PARSE[opt.kind], choices=opt.choices, help=_help(opt))
-    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last finished task")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last finished task; --seeds, --orders and --method may add cells to it",
+    )
     p.add_argument("--plan-only", action="store_true", help="load the data, print the task plan and stop")
     p.add_argument(
         "--search-head",

@@ -287,7 +287,8 @@ def forgetting_sources(methods: dict) -> list[str]:
             "The errors on old relations after the last task, summed over runs (true old relation -> predicted "
             "relation), beside the two relations' type similarity and the share of those errors in which the "
             "predicted relation arrived after the true one. threat(r): r's mean type similarity to the relations "
-            "that arrive after it, against r's forgetting, over every (run, relation) with a later task."
+            "that arrive after it, against r's forgetting (the mean over the order's seeds), over every (order, "
+            "relation) with a later task."
         ),
     ]
     verdicts = []

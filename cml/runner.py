@@ -53,6 +53,9 @@ IGNORED_ON_RESUME = (
     "log_to",
     "mlflow_uri",
 )
+# may grow on resumption: a cell's numbers depend on its own (method, order, seed) alone, and a
+# grid's first orders and seeds are the same however many follow (cml/tasks.py, cml/cells.py)
+GROWS_ON_RESUME = ("seeds", "data.orders", "train.methods")
 
 
 def resolved(config: RunConfig) -> tuple[RunConfig, torch.device]:
@@ -94,18 +97,39 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
             raise CMLInputError(f"no {CONFIG_FILE}: not a run directory to resume", run_dir)
         # an option the saved config lacks did not exist when the run was made: it ran at the default
         saved = {**flatten(RunConfig().to_dict()), **flatten(yaml.safe_load(saved_path.read_text()))}
-        differs = first_difference(saved, config.to_dict(), IGNORED_ON_RESUME)
+        differs = first_difference(saved, config.to_dict(), IGNORED_ON_RESUME + GROWS_ON_RESUME)
         if differs:
             key, used, asked = differs
             raise CMLInputError(
                 f"cannot resume: the run used {key}={used!r}, this command asks {key}={asked!r}", saved_path
             )
+        check_growth(saved, flatten(config.to_dict()), saved_path)
     elif (run_dir / RESULTS_FILE).exists():
         raise CMLInputError(
             f"holds a run already ({RESULTS_FILE}); continue it with --resume {run_dir} or pick another --output",
             run_dir,
         )
     return run_dir
+
+
+def check_growth(saved: dict, asked: dict, path: Path) -> None:
+    """A resumed run may add seeds, orders and methods (the new cells run, the finished ones are
+    kept), never drop them: the rows of the cells it would drop are in results.jsonl already."""
+    for key in GROWS_ON_RESUME:
+        used, wanted = saved[key], asked[key]
+        kept = set(used) <= set(wanted) if key == "train.methods" else wanted >= used
+        if not kept:
+            raise CMLInputError(
+                f"cannot resume: the run used {key}={used!r}, this command asks {key}={wanted!r} "
+                "(a resumed run may add seeds, orders and methods, not drop them)",
+                path,
+            )
+    if asked["data.orders"] != saved["data.orders"] and saved["data.curriculum_orders"]:
+        raise CMLInputError(
+            "cannot resume with more --orders: the run's two curriculum orders come after its last order "
+            "(--curriculum-orders), so their numbers would move",
+            path,
+        )
 
 
 ROW_KEYS = ("method", "order", "seed", "task")

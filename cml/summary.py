@@ -85,10 +85,12 @@ def forgetting_sources(grid: Grid, experiment: Experiment, per_run: torch.Tensor
     - confusions: the errors on old relations after the last task, summed over runs: true old
       relation -> predicted relation, with the pair's type similarity and the share of those errors
       in which the predicted relation arrived after the true one (a later relation taking it over);
-    - threat against forgetting: per run and relation (those of the last task have nothing after
+    - threat against forgetting: per order and relation (those of the last task have nothing after
       them), threat(r) = mean similarity of r to the relations that arrive after it in that order,
-      against r's forgetting in that run (`per_run`, [runs, relations]: `metrics.unit_forgetting`);
-      the Spearman rho over the pooled (run, relation) points.
+      against r's forgetting in that order, averaged over its seeds (`per_run`, [runs, relations]:
+      `metrics.unit_forgetting`); the Spearman rho over the (order, relation) points. The seeds of
+      an order share its threats, so pooling them would count each threat once per seed and make
+      the interval and the permutation p too confident (as the task-level rho averages seeds).
     """
     space, relations = experiment.space, experiment.dataset.relations
     names = getattr(experiment.dataset, "relation_names", {})
@@ -96,17 +98,21 @@ def forgetting_sources(grid: Grid, experiment: Experiment, per_run: torch.Tensor
     counts: dict[tuple[str, str], int] = {}
     later: dict[tuple[str, str], int] = {}
     threat, forgetting = [], []
-    for r, cell in enumerate(runs_of(grid)):
-        arrival = {rel: k for k, row in enumerate(cell) for rel in row["relations"]}
-        for true, predicted in cell[-1].get("confusions", {}).items():
-            for pred, count in predicted.items():
-                counts[true, pred] = counts.get((true, pred), 0) + count
-                later[true, pred] = later.get((true, pred), 0) + count * (arrival.get(pred, -1) > arrival[true])
+    seeds = len(grid[0])
+    for o, per_seed in enumerate(grid):
+        arrival = {rel: k for k, row in enumerate(per_seed[0]) for rel in row["relations"]}
+        for cell in per_seed:
+            for true, predicted in cell[-1].get("confusions", {}).items():
+                for pred, count in predicted.items():
+                    counts[true, pred] = counts.get((true, pred), 0) + count
+                    later[true, pred] = later.get((true, pred), 0) + count * (arrival.get(pred, -1) > arrival[true])
+        of_order = per_run[o * seeds : (o + 1) * seeds]
         for i, rel in enumerate(relations):
-            after = [b for b, k in arrival.items() if k > arrival.get(rel, len(cell))]
-            if rel in arrival and after and not math.isnan(per_run[r, i]):
+            after = [b for b, k in arrival.items() if k > arrival.get(rel, len(per_seed[0]))]
+            known = of_order[:, i][~of_order[:, i].isnan()]
+            if rel in arrival and after and len(known):
                 threat.append(space.relation_difficulty(rel, after))
-                forgetting.append(float(per_run[r, i]))
+                forgetting.append(float(known.mean()))
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return {
         "confusions": [
@@ -184,7 +190,8 @@ def method_report(grid: Grid, experiment: Experiment) -> dict:
     relation_forgetting = torch.nanmean(forgetting_per_run, dim=0)
     relation_difficulty = torch.tensor(relation_difficulties(experiment.space, relations), dtype=torch.float64)
     forgettable = ~torch.isnan(relation_forgetting)
-    sp = lambda values: dataclasses.asdict(metrics.spread(values))
+    # None where no run has the number (forgetting when only the last task is evaluated: `--eval-every`)
+    sp = lambda values: None if values.isnan().all() else dataclasses.asdict(metrics.spread(values))
 
     def over_runs(task: int, *path: str) -> dict | None:
         """Spread over runs of the number at `path` in each run's row of `task` (None where a run has none)."""

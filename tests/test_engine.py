@@ -96,6 +96,17 @@ def test_eval_every_k_skips_evaluation_and_changes_nothing_else(tmp_path):
     assert report["forgetting"] is not None and None not in report["forgetting_per_task"][0]
 
 
+def test_a_run_evaluated_only_after_its_last_task_has_no_forgetting_and_says_so(tmp_path):
+    """With one evaluated stage there is no earlier accuracy to forget from: F, AFR and BWT are
+    none in report.json and "-" in report.md, never NaN."""
+    config = small_config(tmp_path / "run", methods=("replay",), orders=1)
+    config.train.eval_every = 5
+    report = run(config, build_experiment(config), progress=False)["methods"]["replay"]
+    assert report["forgetting"] is None and report["average_forgetting_rate"] is None
+    assert report["backward_transfer"] is None and report["final_whole_accuracy"]["mean"] > 0
+    assert "nan" not in (tmp_path / "run" / "report.md").read_text().lower()
+
+
 EVERY_PART = {
     "memory_allocation": "difficulty",
     "replay_weighting": "threat",
@@ -178,6 +189,40 @@ def test_resume_with_a_different_config_touches_nothing(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "cannot resume" in err and "train.epochs=1" in err and "train.epochs=3" in err
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+
+
+def test_a_resumed_run_may_grow_by_seeds_orders_and_methods_and_not_shrink(tmp_path, capsys):
+    """The grown run holds the rows a run made that large from the start holds; dropping a seed,
+    an order or a method, or adding orders after the curriculum orders, is refused untouched."""
+    small = small_config(tmp_path / "grown", methods=("finetune",), orders=1)
+    run(small, build_experiment(small), progress=False)
+    first = rows_without_time(tmp_path / "grown")
+    grow = ["--seeds", "2", "--orders", "2", "--method", "finetune,replay"]
+    assert main(["--resume", str(tmp_path / "grown"), *grow]) == 0
+    whole = small_config(tmp_path / "whole", methods=("finetune", "replay"), orders=2)
+    whole.seeds = 2
+    run(whole, build_experiment(whole), progress=False)
+    grown = rows_without_time(tmp_path / "grown")
+    assert grown == rows_without_time(tmp_path / "whole") and len(grown) == 8 * len(first)
+    assert [r for r in grown if r["method"] == "finetune" and r["order"] == 0 and r["seed"] == 3] == first
+
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "grown").rglob("*")}
+    for change, key in (
+        (["--seeds", "1"], "seeds=2"),
+        (["--orders", "1"], "data.orders=2"),
+        (["--method", "replay"], "train.methods=['finetune', 'replay']"),
+    ):
+        assert main(["--resume", str(tmp_path / "grown"), *change]) == 2
+        err = capsys.readouterr().err
+        assert f"the run used {key}" in err and "not drop them" in err
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "grown").rglob("*")}
+
+    curriculum = small_config(tmp_path / "curriculum", methods=("finetune",), orders=1)
+    curriculum.data.curriculum_orders = True
+    curriculum.train.epochs = 0
+    run(curriculum, build_experiment(curriculum), progress=False)
+    assert main(["--resume", str(tmp_path / "curriculum"), "--orders", "2"]) == 2
+    assert "curriculum orders" in capsys.readouterr().err
 
 
 def test_a_run_made_before_an_option_existed_resumes_at_its_default(tmp_path):

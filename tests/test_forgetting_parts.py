@@ -353,6 +353,18 @@ def test_forgetting_sources_by_hand():
     assert tf["forgetting"] == pytest.approx([0.4, 0.2, 0.1, 0.3])
     assert tf["rho"]["n"] == 4
 
+    # a second seed of each order: the errors add up, while each (order, relation) stays one point,
+    # its threat once and its forgetting the mean over the seeds
+    run0b = cell(["a", "b", "c"], [{"a": 0.9}, {"a": 0.8, "b": 0.8}, {"a": 0.7, "b": 0.8, "c": 0.9}], {"a": {"b": 1}})
+    run1b = cell(["c", "a", "b"], [{"c": 1.0}, {"c": 0.9, "a": 0.9}, {"c": 0.9, "a": 0.9, "b": 0.9}], {})
+    grid = [[run0, run0b], [run1, run1b]]
+    sources = forgetting_sources(grid, experiment, unit_forgetting(relation_accuracy_tensor(grid, relations)))
+    assert sources["old_errors"] == 10 and sources["confusions"][0]["count"] == 6
+    tf = sources["threat_forgetting"]
+    assert tf["threat"] == pytest.approx([0.5, 0.5, 0.8, 0.35])
+    assert tf["forgetting"] == pytest.approx([(0.4 + 0.2) / 2, (0.2 + 0.0) / 2, (0.1 + 0.0) / 2, (0.3 + 0.1) / 2])
+    assert tf["rho"]["n"] == 4
+
 
 def test_confusions_count_every_error_on_old_relations(tmp_path):
     from cml.experiment import build_experiment

@@ -24,17 +24,22 @@ def final_w(run_dir: Path, method: str) -> list[list[float]]:
     return [[100 * w for w in order] for order in report["methods"][method]["final_whole_accuracy_per_run"]]
 
 
+def paired(tmp_path: Path) -> str:
+    """The script's output for replay in run a against finetune in runs b3 and b4."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "paired_runs.py"), str(tmp_path / "a"), str(tmp_path / "b3"),
+         str(tmp_path / "b4"), "--method", "replay", "--method-b", "finetune"],
+        capture_output=True, text=True, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stdout  # fmt: skip
+
+
 def test_an_ablation_pairs_over_runs_of_one_seed_each(tmp_path):
     runs = {"a": ("replay", 3, 2), "b3": ("finetune", 3, 1), "b4": ("finetune", 4, 1)}  # method, seed, seeds
     for name, (method, seed, seeds) in runs.items():
         config = small_config(tmp_path / name, methods=(method,), orders=2)
         config.seed, config.seeds = seed, seeds
         run(config, build_experiment(config), progress=False)
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "paired_runs.py"), str(tmp_path / "a"), str(tmp_path / "b3"),
-         str(tmp_path / "b4"), "--method", "replay", "--method-b", "finetune"],
-        capture_output=True, text=True, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    ).stdout  # fmt: skip
+    out = paired(tmp_path)
     a, b3, b4 = (
         final_w(tmp_path / "a", "replay"),
         final_w(tmp_path / "b3", "finetune"),
@@ -54,3 +59,21 @@ def test_an_ablation_pairs_over_runs_of_one_seed_each(tmp_path):
     summary = re.search(r"over 4 cells: ([+-][\d.]+) .*paired t p ([\d.e+-]+)", out)
     assert float(summary[1]) == pytest.approx(mean, abs=0.006)
     assert float(summary[2]) == pytest.approx(stats.ttest_rel(xs, ys).pvalue, rel=0.06)
+    # the stricter pairing: each order's two seeds averaged first
+    means = [[sum(expected[o, s][i] for s in (3, 4)) / 2 for o in range(2)] for i in (0, 1)]
+    by_order = re.search(r"over 2 order means \(its seeds averaged\): ([+-][\d.]+) .*paired t p ([\d.e+-]+)", out)
+    assert float(by_order[1]) == pytest.approx(sum(x - y for x, y in zip(*means)) / 2, abs=0.006)
+    assert float(by_order[2]) == pytest.approx(stats.ttest_rel(*means).pvalue, rel=0.06)
+
+    # a cell cut short (its last task's row gone) is left out and said, never paired on its latest row
+    results = tmp_path / "b3" / "results.jsonl"
+    lines = results.read_text().splitlines(True)
+    last = max(json.loads(line)["task"] for line in lines)
+    cut = lambda row: (row["order"], row["task"]) == (1, last)
+    results.write_text("".join(line for line in lines if not cut(json.loads(line))))
+    out = paired(tmp_path)
+    assert "left out, not finished: finetune-order1-seed3" in out
+    assert {(int(m[1]), int(m[2])) for m in re.finditer(r"^\| (\d) \| (\d) \|", out, re.MULTILINE)} == set(expected) - {
+        (1, 3)
+    }
+    assert "over 3 cells" in out
