@@ -98,7 +98,7 @@ def forgetting_sources(grid: Grid, experiment: Experiment, per_run: torch.Tensor
     counts: dict[tuple[str, str], int] = {}
     later: dict[tuple[str, str], int] = {}
     threat, forgetting = [], []
-    seeds = len(grid[0])
+    per_order = torch.nanmean(per_run.view(len(grid), len(grid[0]), -1), 1)  # [orders, relations]: seeds averaged
     for o, per_seed in enumerate(grid):
         arrival = {rel: k for k, row in enumerate(per_seed[0]) for rel in row["relations"]}
         for cell in per_seed:
@@ -106,13 +106,11 @@ def forgetting_sources(grid: Grid, experiment: Experiment, per_run: torch.Tensor
                 for pred, count in predicted.items():
                     counts[true, pred] = counts.get((true, pred), 0) + count
                     later[true, pred] = later.get((true, pred), 0) + count * (arrival.get(pred, -1) > arrival[true])
-        of_order = per_run[o * seeds : (o + 1) * seeds]
         for i, rel in enumerate(relations):
             after = [b for b, k in arrival.items() if k > arrival.get(rel, len(per_seed[0]))]
-            known = of_order[:, i][~of_order[:, i].isnan()]
-            if rel in arrival and after and len(known):
+            if rel in arrival and after and not math.isnan(per_order[o, i]):
                 threat.append(space.relation_difficulty(rel, after))
-                forgetting.append(float(known.mean()))
+                forgetting.append(float(per_order[o, i]))
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return {
         "confusions": [
