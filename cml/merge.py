@@ -3,9 +3,10 @@ report one command with all their methods would have written, since a cell's num
 on its method, order, seed and the run's settings.
 
 Runs merge only where pairing their cells means something: the same data, split, orders, seeds
-and budget (every setting but the methods and where or how the cells ran). OUT is a run directory
-of its own (config.yaml, results.jsonl, the report), so that `--resume OUT` and a later merge read
-it like any other.
+and budget (every setting but the methods and where or how the cells ran). Runs that read their
+data from different directories merge where the directories give the same examples and orders.
+OUT is a run directory of its own (config.yaml, results.jsonl, the report), so that `--resume
+OUT` and a later merge read it like any other.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from pathlib import Path
 
 import yaml
 
+from cml.cache import fingerprint
 from cml.config import RunConfig, first_difference, load_config
 from cml.errors import CMLInputError
-from cml.experiment import build_experiment
+from cml.experiment import Experiment, build_experiment
 from cml.files import write_text_atomically
 from cml.report import write_report
 from cml.runner import CONFIG_FILE, RESULTS_FILE, check_writable, read_results, unfinished
 
-# settings that may differ between merged runs: which methods they hold, and where they ran
+# settings that may differ between merged runs: which methods they hold, and where they ran (a
+# data directory of its own is checked for the same data)
 FREE = ("output", "train.methods", "device", "executor", "search", "data.data_dir")
 
 
@@ -54,6 +57,13 @@ def merge_runs(run_dirs: list[Path], output: Path) -> dict:
                 )
             rows.setdefault(key, row)
     experiment = build_experiment(merged)
+    for run_dir, config in zip(run_dirs[1:], configs[1:]):
+        if config.data.data_dir != merged.data.data_dir and _data(build_experiment(config)) != _data(experiment):
+            raise CMLInputError(
+                f"cannot merge: {run_dirs[0]} and {run_dir} ran on different data: --data-dir "
+                f"{merged.data.data_dir} and {config.data.data_dir} give other examples or orders",
+                run_dir,
+            )
     missing = unfinished(merged, experiment, rows)
     if missing:
         raise CMLInputError(
@@ -72,6 +82,12 @@ def _config_path(run_dir: Path) -> Path:
     if not path.exists():
         raise CMLInputError(f"no {CONFIG_FILE}: not a run directory", run_dir)
     return path
+
+
+def _data(experiment: Experiment) -> str:
+    """What a cell's numbers depend on in the data: its examples and task orders."""
+    ds = experiment.dataset
+    return fingerprint(ds.train, ds.val, ds.test, [o.tasks for o in experiment.orders])
 
 
 def _numbers(row: dict) -> dict:

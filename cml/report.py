@@ -218,14 +218,17 @@ def paired_comparisons(comparisons: list[dict]) -> list[str]:
         "",
         (
             "Final W of two methods on the same runs (order, seed): mean difference a − b with its 95% t interval, "
-            "the paired t test and the Wilcoxon signed-rank test."
+            "the paired t test and the Wilcoxon signed-rank test. Where the orders have several seeds, also over "
+            "the order means (each order's seeds averaged): an order's runs share the order, so this is the "
+            "stricter test."
         ),
         "",
         *table(
-            ["a − b", "runs", "difference", "95% CI", "t test p", "Wilcoxon p"],
+            ["a − b", "over", "pairs", "difference", "95% CI", "t test p", "Wilcoxon p"],
             [
                 [
                     f"{c['a']} − {c['b']}",
+                    c["over"],
                     c["n"],
                     f"{100 * c['mean_difference']:+.1f}",
                     difference_interval(c),

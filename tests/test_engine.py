@@ -357,12 +357,15 @@ def test_seeds_repeat_every_order_and_the_report_separates_orders_from_seeds(tmp
     per_run = torch.tensor(report["methods"]["replay"]["final_whole_accuracy_per_run"])
     assert per_run.shape == (2, 2)
     assert parts["seed_std"] == pytest.approx(float(per_run.var(dim=1).mean()) ** 0.5)
-    (pair,) = report["comparisons"]
-    assert (pair["a"], pair["b"], pair["n"]) == ("finetune", "replay", 4)
+    pair, means = report["comparisons"]
+    assert (pair["a"], pair["b"], pair["over"], pair["n"]) == ("finetune", "replay", "runs", 4)
+    assert (means["a"], means["b"], means["over"], means["n"]) == ("finetune", "replay", "order means", 2)
     finetune = torch.tensor(report["methods"]["finetune"]["final_whole_accuracy_per_run"])
     assert pair["mean_difference"] == pytest.approx(float((finetune - per_run).mean()))
+    assert means["mean_difference"] == pytest.approx(pair["mean_difference"])  # equal seeds per order
     md = (tmp_path / "two" / "report.md").read_text()
-    assert "## Orders and seeds" in md and "## Paired comparisons" in md and "| finetune − replay | 4 |" in md
+    assert "## Orders and seeds" in md and "## Paired comparisons" in md
+    assert "| finetune − replay | runs | 4 |" in md and "| finetune − replay | order means | 2 |" in md
     assert (tmp_path / "two" / "relation_difficulty_forgetting.png").exists()
 
 

@@ -52,3 +52,28 @@ def test_runs_that_cannot_be_paired_are_refused_naming_the_setting(tmp_path, cap
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "c"), "--output", str(out)]) == 2
     assert "cannot merge unfinished runs: finetune-order0-seed3 has tasks without results" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_runs_from_other_data_directories_merge_only_where_they_hold_the_same_data(tmp_path, monkeypatch, capsys):
+    from cml.data import DATASETS, register
+    from cml.data.demo import make_demo
+
+    monkeypatch.setattr("cml.data.DATASETS", dict(DATASETS))
+
+    @register("copies")  # a directory with a file `other` holds other test examples
+    def load_copies(directory, seed):
+        return make_demo(n_train=8, n_val=2, n_test=4 if (directory / "other").exists() else 3)
+
+    for name in "abc":
+        (tmp_path / f"data-{name}").mkdir()
+    (tmp_path / "data-c" / "other").touch()
+    for name, methods in (("a", ("finetune",)), ("b", ("replay",)), ("c", ("replay",))):
+        config = small_config(tmp_path / name, methods=methods, orders=1)
+        config.data.dataset, config.data.data_dir = "copies", str(tmp_path / f"data-{name}")
+        run(config, build_experiment(config), progress=False)
+    out = tmp_path / "merged"
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(out)]) == 0
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "c"), "--output", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot merge: {tmp_path / 'a'} and {tmp_path / 'c'} ran on different data: --data-dir " in err
+    assert not (tmp_path / "refused").exists()

@@ -8,6 +8,7 @@ import torch
 from scipy import stats
 
 from cml import metrics
+from cml.summary import comparisons
 
 nan = math.nan
 # order 0: n = 10, 20, 10; order 1: n = 10, 10, 20
@@ -166,6 +167,20 @@ def test_paired_comparison_by_hand():
     assert c.wilcoxon_p_value == pytest.approx(0.25)
     same = metrics.paired_comparison(a, a)
     assert same.mean_difference == 0 and same.t_p_value is None
+
+
+def test_comparisons_pair_the_runs_and_with_several_seeds_the_order_means_by_hand():
+    a = [[0.72, 0.74], [0.70, 0.73], [0.71, 0.75]]  # 3 orders x 2 seeds
+    b = [[0.70, 0.70], [0.70, 0.71], [0.70, 0.72]]
+    runs, means = comparisons({"a": {"final_whole_accuracy_per_run": a}, "b": {"final_whole_accuracy_per_run": b}})
+    assert (runs["over"], runs["n"], means["over"], means["n"]) == ("runs", 6, "order means", 3)
+    # order means' differences .03, .01, .02: mean .02, s = .01, t = .02 / (.01 / sqrt 3) = 3.4641 on 2 df
+    assert means["mean_difference"] == pytest.approx(0.02, abs=1e-9)
+    assert means["t_p_value"] == pytest.approx(2 * stats.t.sf(3.4641016, 2), rel=1e-5)
+    # the 6 runs' differences .02, .04, .00, .02, .01, .03: mean .02, s = .0141421, t = 3.4641 on 5 df
+    assert runs["t_p_value"] == pytest.approx(2 * stats.t.sf(3.4641016, 5), rel=1e-5)
+    one_seed = {m: {"final_whole_accuracy_per_run": [[w[0]] for w in x]} for m, x in (("a", a), ("b", b))}
+    assert [c["over"] for c in comparisons(one_seed)] == ["runs"]  # the runs are the order means
 
 
 def test_correlation_p_value_against_every_permutation():
