@@ -18,6 +18,7 @@ import yaml
 
 from cml.cache import fingerprint
 from cml.config import RunConfig, first_difference, load_config
+from cml.data import resolve_data_dir
 from cml.errors import CMLInputError
 from cml.experiment import Experiment, build_experiment
 from cml.files import write_text_atomically
@@ -57,11 +58,17 @@ def merge_runs(run_dirs: list[Path], output: Path) -> dict:
                 )
             rows.setdefault(key, row)
     experiment = build_experiment(merged)
+    here = resolve_data_dir(merged.data.dataset, merged.data.data_dir)
     for run_dir, config in zip(run_dirs[1:], configs[1:]):
-        if config.data.data_dir != merged.data.data_dir and _data(build_experiment(config)) != _data(experiment):
+        there = resolve_data_dir(config.data.dataset, config.data.data_dir)
+        if there == here:
+            continue
+        if not there.exists():  # never fetched here just to compare
+            raise CMLInputError(f"cannot merge: its data ({there}) is not here to check that it is {here}'s", run_dir)
+        if _data(build_experiment(config)) != _data(experiment):
             raise CMLInputError(
-                f"cannot merge: {run_dirs[0]} and {run_dir} ran on different data: --data-dir "
-                f"{merged.data.data_dir} and {config.data.data_dir} give other examples or orders",
+                f"cannot merge: {run_dirs[0]} and {run_dir} ran on different data: {here} and {there} give "
+                "other examples or orders",
                 run_dir,
             )
     missing = unfinished(merged, experiment, rows)

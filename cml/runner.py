@@ -127,7 +127,7 @@ def check_growth(saved: dict, asked: dict, path: Path) -> None:
     if asked["data.orders"] != saved["data.orders"] and saved["data.curriculum_orders"]:
         raise CMLInputError(
             "cannot resume with more --orders: the run's two curriculum orders come after its last order "
-            "(--curriculum-orders), so their numbers would move",
+            "(--curriculum-order), so their numbers would move",
             path,
         )
 

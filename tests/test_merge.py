@@ -75,5 +75,12 @@ def test_runs_from_other_data_directories_merge_only_where_they_hold_the_same_da
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(out)]) == 0
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "c"), "--output", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err
-    assert f"cannot merge: {tmp_path / 'a'} and {tmp_path / 'c'} ran on different data: --data-dir " in err
+    assert (
+        f"cannot merge: {tmp_path / 'a'} and {tmp_path / 'c'} ran on different data: {tmp_path / 'data-a'} and " in err
+    )
+    (tmp_path / "data-b").rename(tmp_path / "data-b-moved")  # b's data is not here to compare
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(tmp_path / "refused")]) == 2
+    assert f"its data ({tmp_path / 'data-b'}) is not here to check that it is {tmp_path / 'data-a'}'s" in (
+        capsys.readouterr().err
+    )
     assert not (tmp_path / "refused").exists()

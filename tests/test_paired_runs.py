@@ -39,7 +39,12 @@ def test_an_ablation_pairs_over_runs_of_one_seed_each(tmp_path):
         config = small_config(tmp_path / name, methods=(method,), orders=2)
         config.seed, config.seeds = seed, seeds
         run(config, build_experiment(config), progress=False)
+    for name in runs:  # the script reads the runs' own files, never their data
+        config = tmp_path / name / "config.yaml"
+        config.write_text(config.read_text().replace("dataset: demo", f"dataset: {tmp_path / 'gone'}"))
+        assert "gone" in config.read_text()
     out = paired(tmp_path)
+    assert "hold other tasks" not in out  # the demo's orders do not depend on the seed
     a, b3, b4 = (
         final_w(tmp_path / "a", "replay"),
         final_w(tmp_path / "b3", "finetune"),
@@ -77,3 +82,10 @@ def test_an_ablation_pairs_over_runs_of_one_seed_each(tmp_path):
         (1, 3)
     }
     assert "over 3 cells" in out
+
+    # the same order index holding another stream (as --order-protocol or --tasks would give) is said
+    report = tmp_path / "b4" / "report.json"
+    content = json.loads(report.read_text())
+    content["orders"][1]["tasks"].reverse()
+    report.write_text(json.dumps(content))
+    assert f"note: {tmp_path / 'b4'}'s orders [1] hold other tasks than {tmp_path / 'a'}'s" in paired(tmp_path)
