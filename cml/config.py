@@ -319,6 +319,14 @@ class CMLConfig:
         "pairs first); default: the method's own",
         choices=("none", "aca", "analogous"),
     )
+    learn_softmax: str | None = option(
+        None,
+        "learn stages on the task: the cross-entropy's softmax over seen (every relation seen so far, so the "
+        "task's sentences push the old relations' scores down) or task (the task's own classes, reversed and "
+        "hybrid ones included: ER-ACE's asymmetric cross-entropy, which leaves old against new to the "
+        "consolidation); default: the method's own",
+        choices=("seen", "task"),
+    )
 
 
 @dataclass

@@ -83,6 +83,7 @@ CML_PARTS: dict[str, tuple[bool, str]] = {
     "focus": (False, "the memory of the old relations the task threatens most in the learn stage"),
     "reversed": (True, "reversed classes in the learn stage"),
     "hybrid": (False, "hybrid classes of the most type-similar pairs in the learn stage"),
+    "asymmetric": (False, "a learn-stage softmax over the task's own classes (ER-ACE's asymmetric cross-entropy)"),
 }
 
 
@@ -101,6 +102,7 @@ def cml(summary: str, **parts: bool) -> Method:
                 "task",
                 reverse=REVERSE_SIMILARITY if has["reversed"] else None,
                 hybrid="analogous" if has["hybrid"] else "none",
+                softmax="task" if has["asymmetric"] else "seen",
             ),
             SelectMemory(allocation="difficulty" if has["allocation"] else "uniform"),
             consolidate(
@@ -189,6 +191,20 @@ def check_losses(names: list[str], loss: LossConfig) -> None:
         for stage in METHODS[name].stages:
             if isinstance(stage, Train):
                 stage.weights(loss)
+
+
+def check_learn_softmax(names: list[str], softmax: str | None) -> None:
+    """`--learn-softmax task` sets the softmax of a learn stage's cross-entropy on the task: a method
+    without such a stage would ignore it."""
+    if softmax == "task":
+        learns = lambda n: any(
+            isinstance(s, Train) and s.data == "task" and "ce" in s.losses for s in METHODS[n].stages
+        )
+        without = [n for n in names if not learns(n)]
+        if without:
+            raise CMLInputError(
+                f"--learn-softmax task: {without[0]} has no cross-entropy in a learn stage on the task alone"
+            )
 
 
 def check_difficulty(names: list[str], difficulty: str) -> None:

@@ -33,7 +33,7 @@ from cml.executors import EXECUTORS
 from cml.experiment import Experiment
 from cml.files import write_text_atomically
 from cml.frozen import frozen_states_cached
-from cml.methods import check_classifier, check_difficulty, check_losses, check_methods
+from cml.methods import check_classifier, check_difficulty, check_learn_softmax, check_losses, check_methods
 from cml.model import RelationModel
 from cml.report import write_report
 from cml.timing import PhaseTimer
@@ -87,6 +87,7 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     check_classifier(config.train.methods, config.train.classifier)
     check_difficulty(config.train.methods, config.cml.difficulty)
     check_losses(config.train.methods, config.loss)
+    check_learn_softmax(config.train.methods, config.cml.learn_softmax)
     if config.executor.name == "ray" and importlib.util.find_spec("ray") is None:
         raise CMLInputError('--executor ray needs Ray: pip install -e ".[ray]"')
     config, _ = resolved(config)

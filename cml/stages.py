@@ -88,6 +88,7 @@ class StageData:
     teacher: Output | None  # the model from the start of the task on every item (rows follow `items`)
     margins: torch.Tensor | None = None  # [R, R] type margins of the ce and proto terms (None: none)
     spare: torch.Tensor | None = None  # [S, H] rows of the stage's own classes (reversed, hybrid), ids R.. R+S-1
+    classes: torch.Tensor | None = None  # bool [R]: the relations the ce term's softmax is over (None: the seen)
 
     @property
     def parameters(self) -> list[torch.Tensor]:
@@ -101,7 +102,8 @@ def with_spare_rows(logits: torch.Tensor, h: torch.Tensor, spare: torch.Tensor |
 
 
 def _loss_ce(out: Output, y: torch.Tensor, d: StageData, teacher: Output | None, c: LossConfig) -> torch.Tensor:
-    return losses.cross_entropy(with_spare_rows(out.logits, out.h, d.spare), y, d.margins)
+    logits = out.logits if d.classes is None else out.logits.masked_fill(~d.classes, torch.finfo(out.logits.dtype).min)
+    return losses.cross_entropy(with_spare_rows(logits, out.h, d.spare), y, d.margins)
 
 
 def _loss_supcon(out, y, d, teacher, c):
@@ -197,6 +199,7 @@ class Train:
     # (None: none), and how the task's relations are paired into hybrid classes (none, aca, analogous)
     reverse: float | None = None
     hybrid: str = "none"
+    softmax: str = "seen"  # its cross-entropy over the seen relations, or the task's own classes (`cml.learn_softmax`)
 
     def __post_init__(self) -> None:
         assert self.data in DATA_SOURCES and self.order in ORDERS, self
@@ -205,6 +208,7 @@ class Train:
         assert self.type_margin >= 0, self
         assert self.data == "memory" or (self.replay, self.meta_batches, self.type_margin) == ("uniform", 1, 0.0), self
         assert self.hybrid in choices("cml.hybrid_pairs"), self.hybrid
+        assert self.softmax in choices("cml.learn_softmax") and (self.softmax == "seen" or self.data == "task"), self
         assert (self.reverse, self.hybrid) == (None, "none") or (
             self.data == "task" and not any(TERMS[t].prototypes for t in self.losses)
         ), self
@@ -292,8 +296,23 @@ class Train:
         teacher = engine.teacher(split, items) if any(t.teacher for t in terms) else None
         scale = self.own(engine, "type_margin", self.type_margin)
         margins = type_margins(engine, scale) if scale and set(active) & set(MARGIN_TERMS) else None
+        classes = None
+        if self.data == "task" and chosen(engine.context, "learn_softmax", self.softmax) == "task":
+            classes = torch.zeros_like(engine.seen)
+            classes[engine.current_ids.to(classes.device)] = True
         return StageData(
-            split, items, position, engine.seen, engine.old_ids, prototypes, bank, sample, teacher, margins, spare
+            split,
+            items,
+            position,
+            engine.seen,
+            engine.old_ids,
+            prototypes,
+            bank,
+            sample,
+            teacher,
+            margins,
+            spare,
+            classes,
         )
 
     def reversed_relations(self, task: list[str], context: MethodContext) -> list[str]:

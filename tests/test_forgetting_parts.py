@@ -472,6 +472,76 @@ def test_cross_entropy_over_the_spare_rows_by_hand():
     assert float(TERMS["ce"].fn(out, labels, data, None, None)) == pytest.approx(by_hand, rel=1e-6)
 
 
+# --- the learn stage's softmax over the task's own classes (ER-ACE) -------------------------------
+
+
+def test_cross_entropy_over_the_tasks_classes_by_hand_gives_the_old_relations_no_gradient():
+    from cml.stages import TERMS
+
+    low = torch.finfo(torch.float32).min
+    logits = torch.tensor([[2.0, -1.0, 0.5, low], [3.0, 0.0, 1.0, low]], requires_grad=True)
+    h = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    spare = torch.tensor([[1.0, 1.0]])  # one reversed class, id 4
+    classes = torch.tensor([False, True, True, False])  # relation 0 old, 1 and 2 the task's, 3 unseen
+    labels = torch.tensor([1, 4])
+    rows = [[-1.0, 0.5, 1.0], [0.0, 1.0, 2.0]]  # the task's two relations, then h @ spare.T
+    by_hand = np.mean([np.log(np.sum(np.exp(r))) - r[y] for r, y in zip(rows, [0, 2])])
+    out = types.SimpleNamespace(logits=logits, h=h)
+    data = types.SimpleNamespace(spare=spare, margins=None, classes=classes)
+    loss = TERMS["ce"].fn(out, labels, data, None, None)
+    assert float(loss.detach()) == pytest.approx(by_hand, rel=1e-6)
+    loss.backward()
+    assert torch.equal(logits.grad[:, 0], torch.zeros(2)) and logits.grad[:, 1:3].abs().min() > 0
+    data.classes = None  # the softmax over the seen relations: relation 0 counts
+    assert float(TERMS["ce"].fn(out, labels, data, None, None).detach()) > by_hand
+
+
+def test_the_asymmetric_part_sets_the_learn_stages_softmax_to_the_task_and_nothing_else(tmp_path):
+    config = small_config(tmp_path, methods=("cml+asymmetric",))
+    engine, experiment = make_engine(config, "cml+asymmetric")
+    first, second = experiment.orders[0].tasks[:2]
+    engine.run_task(first)  # its memory, for the consolidation
+    engine.tasks.append(second)
+    engine.seen[engine.current_ids] = True
+    learn, consolidate = engine.method.stages[0], engine.method.stages[2]
+    classes = learn.stage_data(engine, ("ce",)).classes
+    assert [engine.data.relations[i] for i in classes.nonzero().flatten().tolist()] == sorted(
+        second, key=engine.data.relations.index
+    )
+    assert consolidate.stage_data(engine, ("ce",)).classes is None  # old against new stays there
+    engine.context.options.learn_softmax = "seen"  # the option overrides the method's own
+    assert learn.stage_data(engine, ("ce",)).classes is None
+    plain, _ = make_engine(small_config(tmp_path / "cml", methods=("cml",)), "cml")
+    plain.tasks.append(first)
+    plain.seen[plain.current_ids] = True
+    assert plain.method.stages[0].stage_data(plain, ("ce",)).classes is None
+
+
+def test_learn_softmax_task_changes_a_run_and_is_refused_where_no_learn_stage_has_a_cross_entropy(tmp_path, capsys):
+    from cml.cli import main
+    from cml.experiment import build_experiment
+    from cml.runner import run
+    from tests.test_engine import rows_without_time
+
+    numbers = {}
+    for softmax in (None, "task"):
+        config = small_config(tmp_path / str(softmax), methods=("cml",), orders=1)
+        config.cml.learn_softmax = softmax
+        run(config, build_experiment(config), progress=False)
+        numbers[softmax] = rows_without_time(tmp_path / str(softmax))
+    assert [r["task_accuracy"] for r in numbers[None] if r["task"] == 0] == [
+        r["task_accuracy"] for r in numbers["task"] if r["task"] == 0
+    ]  # the first task has no old relation to leave out
+    assert numbers[None] != numbers["task"]
+    out = tmp_path / "never"
+    args = ["--method", "cml,crl", "--learn-softmax", "task", "--encoder", "tiny", "--output", str(out)]
+    assert main(args) == 2
+    assert (
+        "--learn-softmax task: crl has no cross-entropy in a learn stage on the task alone" in capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
 def test_a_threshold_above_one_reverses_nothing(tmp_path):
     """`--reverse-similarity` above 1: the learn stage is the plain task with no spare row; the
     run's numbers then differ from cml's own (the option is not ignored)."""
