@@ -468,7 +468,7 @@ def test_cross_entropy_over_the_spare_rows_by_hand():
     rows = [[2.0, -1.0, -np.inf, 1.0, 0.5], [0.5, 0.0, -np.inf, 2.0, -2.0]]
     by_hand = np.mean([np.log(np.sum(np.exp(r))) - r[y] for r, y in zip(rows, [3, 1])])
     out = types.SimpleNamespace(logits=logits, h=h)
-    data = types.SimpleNamespace(spare=spare, margins=None)
+    data = types.SimpleNamespace(spare=spare, margins=None, classes=None)
     assert float(TERMS["ce"].fn(out, labels, data, None, None)) == pytest.approx(by_hand, rel=1e-6)
 
 
