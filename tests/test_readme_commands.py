@@ -61,9 +61,29 @@ def small_fewrel(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def ray_for():
+    """Ray for a command with `--executor ray`: one local Ray that the module's commands share (the
+    executor uses the Ray its process is connected to; starting one costs most of such a tiny
+    run), except for the demo's command, which starts its own as a user's first run does."""
+    ray = pytest.importorskip("ray", reason="the ray extra is part of the test extra")
+
+    def connect(command: str) -> None:
+        if "configs/demo.yaml" in command:
+            if ray.is_initialized():
+                ray.shutdown()
+        elif not ray.is_initialized():
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+    yield connect
+    ray.shutdown()
+
+
 @pytest.mark.parametrize("command", readme_commands())
-def test_a_readme_command_runs_at_tiny_scale(command, small_fewrel, tmp_path, monkeypatch, capsys):
+def test_a_readme_command_runs_at_tiny_scale(command, small_fewrel, tmp_path, monkeypatch, capsys, request):
     monkeypatch.chdir(ROOT)
+    if "--executor ray" in command:
+        request.getfixturevalue("ray_for")(command)
     monkeypatch.setenv("CML_DATA_DIR", str(small_fewrel))
     monkeypatch.setenv("CML_CACHE_DIR", str(tmp_path / "cache"))
     _shell, _, rest = command.partition("python run_cml.py")
