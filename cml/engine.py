@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -47,12 +47,16 @@ class EncodedData:
     relations: list[str]
     pad_id: int = 0
     markers: tuple[int, int, int, int] = (0, 0, 0, 0)  # ids of [E11], [E12], [E21], [E22]
+    # every training sentence with head and tail swapped (ACA's reversed classes), its frozen-layer
+    # states made and cached like the training split's; None where no method of the run reverses
+    reversed_train: EncodedSplit | None = None
 
     def __post_init__(self) -> None:
         self.label_of = {r: i for i, r in enumerate(self.relations)}
 
     def to(self, device: torch.device) -> EncodedData:
-        return EncodedData(self.train.to(device), self.evaluation.to(device), self.relations, self.pad_id, self.markers)
+        moved = self.reversed_train.to(device) if self.reversed_train is not None else None
+        return replace(self, train=self.train.to(device), evaluation=self.evaluation.to(device), reversed_train=moved)
 
     def ids(self, relations: list[str]) -> torch.Tensor:
         return torch.tensor([self.label_of[r] for r in relations], dtype=torch.long)

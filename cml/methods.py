@@ -7,12 +7,16 @@ README say where each comes from.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cml.config import LossConfig
 from cml.errors import CMLInputError
 from cml.plugins import MetaStep, Plugin, ResetClassifier
 from cml.prototypes import NearestPrototype
 from cml.stages import RefreshPrototypes, SelectMemory, Stage, Train
+
+if TYPE_CHECKING:
+    from cml.engine import MethodContext
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,11 @@ class Method:
     @property
     def has_memory(self) -> bool:
         return any(isinstance(s, SelectMemory) for s in self.stages)
+
+    def reverses(self, relations: list[str], context: MethodContext) -> bool:
+        """Whether a stage gives some of `relations` a reversed class (the run then makes the
+        reversed training sentences once, for every order)."""
+        return any(isinstance(s, Train) and s.reversed_relations(relations, context) for s in self.stages)
 
     @property
     def needs_start(self) -> bool:

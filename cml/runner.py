@@ -20,6 +20,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from cml.augment import reverse_entities
 from cml.cache import cache_dir
 from cml.cells import CHECKPOINTS, LOGS, Cell, Grid, cells, checkpoint_path
 from cml.config import RunConfig, first_difference, flatten
@@ -33,7 +34,7 @@ from cml.executors import EXECUTORS
 from cml.experiment import Experiment
 from cml.files import write_text_atomically
 from cml.frozen import frozen_states_cached
-from cml.methods import check_classifier, check_difficulty, check_learn_softmax, check_losses, check_methods
+from cml.methods import METHODS, check_classifier, check_difficulty, check_learn_softmax, check_losses, check_methods
 from cml.model import RelationModel
 from cml.report import write_report
 from cml.timing import PhaseTimer
@@ -190,10 +191,12 @@ def build_model(config: RunConfig, tokenizer, n_relations: int) -> RelationModel
 
 
 def encode_data(
-    config: RunConfig, experiment: Experiment, tokenizer, model: RelationModel, device: torch.device
+    config: RunConfig, experiment: Experiment, tokenizer, model: RelationModel, device: torch.device, reverses: bool
 ) -> EncodedData:
     """Tokenise the training split and the split results are measured on, once; with frozen
-    layers, also run them once over every sentence (both cached on disk)."""
+    layers, also run them once over every sentence (both cached on disk). `reverses`: a method
+    gives reversed classes, so every training sentence is also made with head and tail swapped,
+    its states run and cached like the others (the same in every order and cell)."""
     ds, pad_id = experiment.dataset, tokenizer.pad_token_id or 0
     evaluation = getattr(ds, config.data.eval_split)
     splits = [
@@ -208,20 +211,23 @@ def encode_data(
                 + (f"; {split.lost_markers:,} lost an entity's closing marker" if split.lost_markers else ""),
                 ds.source,
             )
+    markers = tuple(tokenizer.convert_tokens_to_ids(list(MARKERS)))
+    train = splits[0]
+    flipped = reverse_entities(train, torch.arange(len(train)), train.labels, markers) if reverses else None
     if model.encoder.frozen_layers > 0:
         model.to(device)
-        for split in splits:
+        for split in [*splits, flipped] if flipped else splits:
             split.hidden = frozen_states_cached(model.encoder, split, pad_id, cache_dir(), device)
-    markers = tuple(tokenizer.convert_tokens_to_ids(list(MARKERS)))
-    return EncodedData(*splits, ds.relations, pad_id, markers).to(device)
+    return EncodedData(*splits, ds.relations, pad_id, markers, flipped).to(device)
 
 
 def build_learner(config: RunConfig, experiment: Experiment, device: torch.device):
     """The model at its initial weights, the encoded data, and what methods need: shared by all runs."""
     tokenizer = load_tokenizer(config.encoder.name)
     model = build_model(config, tokenizer, len(experiment.dataset.relations))
-    data = encode_data(config, experiment, tokenizer, model, device)
     context = MethodContext(experiment.space, config.cml, len(experiment.orders[0].tasks), experiment.dataset.symmetric)
+    reverses = any(METHODS[m].reverses(experiment.dataset.relations, context) for m in config.train.methods)
+    data = encode_data(config, experiment, tokenizer, model, device, reverses)
     return model, data, context
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from cml import losses
-from cml.augment import augment, hybrid_entities, reverse_entities
+from cml.augment import augment, hybrid_entities
 from cml.config import LossConfig, choices
 from cml.errors import CMLInputError, DivergedError
 from cml.memory import allocate, select_prototypes
@@ -404,7 +404,8 @@ def stage_classes(
     relation's reversed sentences keep its label (spouse(a, b) is spouse(b, a)); every other
     reversed relation and every pair is a class of its own for the stage, with ids R, R + 1, ...
     (reversed first) and a spare classifier row each, drawn from the task's seed (returned; None
-    where there is none). The new sentences get their frozen-layer states here."""
+    where there is none). The reversed sentences come from the run's (`EncodedData.reversed_train`,
+    made once with their states); the hybrids get their frozen-layer states here."""
     train, ids, markers = engine.data.train, engine.data.label_of, engine.data.markers
     directed = [r for r in relations if r not in engine.context.symmetric]
     parts = [train.subset(items)]
@@ -412,7 +413,7 @@ def stage_classes(
         label = {ids[r]: ids[r] if r not in directed else len(ids) + directed.index(r) for r in relations}
         source = items[torch.isin(train.labels[items], engine.data.ids(relations))]
         labels = torch.tensor([label[int(y)] for y in train.labels[source]])
-        parts.append(engine.with_frozen_states(reverse_entities(train, source, labels, markers)))
+        parts.append(replace(engine.data.reversed_train.subset(source), labels=labels))
     if pairs:
         first, second, pair = hybrid_sources(train, items, pairs, ids)
         labels = len(ids) + len(directed) + pair

@@ -452,9 +452,25 @@ def test_the_learn_stage_adds_a_reversed_class_per_directed_relation(tmp_path):
     assert data.split.labels.tolist() == train.labels[items].tolist() + expected
     assert data.spare.shape == (len(directed), engine.model.classifier.in_features) and data.spare.requires_grad
     flipped = reverse_entities(train, source, torch.tensor(expected), engine.data.markers)
-    states = frozen_states(engine.model.encoder, flipped, engine.data.pad_id, precision=engine.autocast)
-    assert torch.equal(data.split.hidden[-len(states) :], states)  # the reversed sentences' own states
-    assert torch.equal(data.split.hidden[: len(data.split.hidden) - len(states)], train.subset(items).hidden)
+    reversed_part = data.split.subset(torch.arange(len(items), len(data.split)))
+    assert torch.equal(reversed_part.ids, flipped.ids) and torch.equal(reversed_part.head_pos, flipped.head_pos)
+    # the states: those of the whole training split reversed, run like the training split (fp32)
+    everything = reverse_entities(train, torch.arange(len(train)), train.labels, engine.data.markers)
+    everything.hidden = frozen_states(engine.model.encoder, everything, engine.data.pad_id)
+    assert torch.equal(reversed_part.hidden, everything.subset(source).hidden)
+    assert torch.equal(data.split.subset(torch.arange(len(items))).hidden, train.subset(items).hidden)
+
+
+def test_the_reversed_training_sentences_are_made_only_for_a_run_that_reverses(tmp_path):
+    from cml.augment import reverse_entities
+
+    engine, _ = make_engine(small_config(tmp_path, methods=("replay",)), "replay")
+    assert engine.data.reversed_train is None  # no method reverses: no second copy of the states
+    engine, _ = make_engine(small_config(tmp_path, methods=("replay", "cml")), "cml")
+    train, flipped = engine.data.train, engine.data.reversed_train
+    every = reverse_entities(train, torch.arange(len(train)), train.labels, engine.data.markers)
+    assert torch.equal(flipped.ids, every.ids) and torch.equal(flipped.labels, train.labels)
+    assert flipped.hidden is not None and len(flipped.hidden) == len(train.hidden)
 
 
 def test_cross_entropy_over_the_spare_rows_by_hand():
