@@ -216,7 +216,7 @@ def encode_data(
     flipped = reverse_entities(train, torch.arange(len(train)), train.labels, markers) if reverses else None
     if model.encoder.frozen_layers > 0:
         model.to(device)
-        for split in [*splits, flipped] if flipped else splits:
+        for split in [*splits, flipped] if flipped is not None else splits:
             split.hidden = frozen_states_cached(model.encoder, split, pad_id, cache_dir(), device)
     return EncodedData(*splits, ds.relations, pad_id, markers, flipped).to(device)
 
