@@ -305,7 +305,8 @@ class CMLConfig:
     )
     reverse_similarity: float | None = option(
         None,
-        "learn stages on the task: a relation at least this type-similar to its own reversal (domain and range "
+        "learn stages on the task, and a stage on the memory that has reversed classes (cml+directions): a "
+        "relation at least this type-similar to its own reversal (domain and range "
         "swapped: the types cannot tell the direction) gets a reversed class for the stage, its sentences with "
         "head and tail swapped (ACA's reversed classes; a symmetric relation's keep its label; above 1: none); "
         "default: the method's own",

@@ -67,7 +67,9 @@ def cell_workload(
                     "task+memory": count(task, n_train) + memory,
                     # the threatened relations' memory: at most the `threatened` largest (exact when all hold m)
                     "task+threatened": count(task, n_train) + sum(held[: config.cml.threatened]),
-                    "memory": memory * (copies if stage.augment else 1),
+                    # with reversed classes: the memory of the reversed relations once more
+                    "memory": memory * (copies if stage.augment else 1)
+                    + sum(min(m, n_train[data.label_of[r]]) for r in stage.reversed_relations(in_memory, context)),
                     "seen": count(seen, n_train),
                 }[stage.data]
                 passes = int(stage.needs_teacher) + int(any(TERMS[t].bank for t in stage.losses))

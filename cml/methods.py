@@ -94,6 +94,7 @@ CML_PARTS: dict[str, tuple[bool, str]] = {
     "reversed": (True, "reversed classes in the learn stage"),
     "hybrid": (False, "hybrid classes of the most type-similar pairs in the learn stage"),
     "asymmetric": (False, "a learn-stage softmax over the task's own classes (ER-ACE's asymmetric cross-entropy)"),
+    "directions": (False, "a cross-entropy stage on the memory and its reversed sentences before the consolidation"),
 }
 
 
@@ -115,6 +116,7 @@ def cml(summary: str, **parts: bool) -> Method:
                 softmax="task" if has["asymmetric"] else "seen",
             ),
             SelectMemory(allocation="difficulty" if has["allocation"] else "uniform"),
+            *((Train("directions", "memory", first_task=1, reverse=REVERSE_SIMILARITY),) if has["directions"] else ()),
             consolidate(
                 CEAR_LOSSES,
                 augment=True,

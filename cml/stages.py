@@ -196,7 +196,9 @@ class Train:
     type_margin: float = 0.0  # scale of the type margins of its ce and proto terms (0: none)
     # a learn stage on the task (`cml.reverse_similarity` and `cml.hybrid_pairs` set them for every
     # such stage): the type similarity to its own reversal at which a relation gets a reversed class
-    # (None: none), and how the task's relations are paired into hybrid classes (none, aca, analogous)
+    # (None: none), and how the task's relations are paired into hybrid classes (none, aca, analogous).
+    # A stage on the memory may declare reversed classes too (for the seen relations' memory);
+    # `cml.reverse_similarity` then sets its threshold, and gives none to a memory stage without them.
     reverse: float | None = None
     hybrid: str = "none"
     softmax: str = "seen"  # its cross-entropy over the seen relations, or the task's own classes (`cml.learn_softmax`)
@@ -209,8 +211,9 @@ class Train:
         assert self.data == "memory" or (self.replay, self.meta_batches, self.type_margin) == ("uniform", 1, 0.0), self
         assert self.hybrid in choices("cml.hybrid_pairs"), self.hybrid
         assert self.softmax in choices("cml.learn_softmax") and (self.softmax == "seen" or self.data == "task"), self
-        assert (self.reverse, self.hybrid) == (None, "none") or (
-            self.data == "task" and not any(TERMS[t].prototypes for t in self.losses)
+        assert self.hybrid == "none" or self.data == "task", self
+        assert self.reverse is None or (
+            self.data in ("task", "memory") and not self.augment and not any(TERMS[t].prototypes for t in self.losses)
         ), self
 
     def own(self, engine: Engine, option: str, value):
@@ -263,12 +266,6 @@ class Train:
         split, spare = engine.data.train, None
         if self.data == "task":
             items = engine.data.train_indices(engine.current)
-            relations = self.reversed_relations(engine.current, engine.context)
-            pairs = self.hybrid_pairs(engine.current, engine.context)
-            if relations or pairs:
-                with engine.timer("adversarial classes", len(items)):
-                    split, spare = stage_classes(engine, items, relations, pairs)
-                items = torch.arange(len(split))
         elif self.data == "task+memory":
             items = torch.cat([engine.data.train_indices(engine.current), engine.memory.indices()])
         elif self.data == "task+threatened":
@@ -286,6 +283,14 @@ class Train:
                     )
                     split = engine.with_frozen_states(split)
                 items = torch.arange(len(split))
+        relations = self.reversed_relations(
+            engine.current if self.data == "task" else engine.seen_relations, engine.context
+        )
+        pairs = self.hybrid_pairs(engine.current, engine.context)
+        if relations or pairs:
+            with engine.timer("adversarial classes", len(items)):
+                split, spare = stage_classes(engine, items, relations, pairs)
+            items = torch.arange(len(split))
         position = torch.full((len(split),), -1, dtype=torch.long)
         position[items] = torch.arange(len(items))
         terms = [TERMS[t] for t in active]
@@ -315,15 +320,18 @@ class Train:
             classes,
         )
 
-    def reversed_relations(self, task: list[str], context: MethodContext) -> list[str]:
-        """The relations of `task` that get a reversed class in this stage: those at least
-        `reverse` type-similar to their own reversal, where the entity types cannot tell the
-        direction (child, follows), so the encoder must learn it from the sentence."""
-        threshold = chosen(context, "reverse_similarity", self.reverse) if self.data == "task" else None
+    def reversed_relations(self, relations: list[str], context: MethodContext) -> list[str]:
+        """The `relations` (the task's, or the seen ones for a stage on the memory) that get a
+        reversed class in this stage: those at least `reverse` type-similar to their own reversal,
+        where the entity types cannot tell the direction (child, follows), so the encoder must learn
+        it from the sentence."""
+        threshold = None
+        if self.data == "task" or (self.data == "memory" and self.reverse is not None):
+            threshold = chosen(context, "reverse_similarity", self.reverse)
         if threshold is None:
             return []
         space = context.space
-        return [r for r in task if space.reversal[space.index[r]] >= threshold]
+        return [r for r in relations if space.reversal[space.index[r]] >= threshold]
 
     def hybrid_pairs(self, task: list[str], context: MethodContext) -> list[tuple[str, str]]:
         """The pairs of `task`'s relations that each get a hybrid class in this stage (`pairing`)."""
@@ -398,7 +406,8 @@ def hybrid_sources(
 def stage_classes(
     engine: Engine, items: torch.Tensor, relations: list[str], pairs: list[tuple[str, str]]
 ) -> tuple[EncodedSplit, torch.Tensor | None]:
-    """The task's sentences `items`, then ACA's adversarial classes (Wang et al. 2022): those of
+    """The stage's sentences `items` (the task's, or the memory's), then ACA's adversarial classes
+    (Wang et al. 2022): those of
     `relations` with head and tail swapped (reversed classes), then one hybrid class per pair (a,
     b), its i-th sentence joining the head of a's i-th sentence to the tail of b's. A symmetric
     relation's reversed sentences keep its label (spouse(a, b) is spouse(b, a)); every other

@@ -15,7 +15,7 @@ from tests.test_engine import small_config
 @pytest.mark.parametrize(
     "method, every",
     [(m, 1) for m in ("finetune", "joint", "replay", "crl", "cear", "cml", "cml-2021")]
-    + [("replay", 3), ("cml+focus", 1), ("cml-no-reversed", 1), ("cml+hybrid", 1)],
+    + [("replay", 3), ("cml+focus", 1), ("cml-no-reversed", 1), ("cml+hybrid", 1), ("cml+directions", 1)],
 )
 def test_the_count_is_what_a_run_pushes_through_the_encoder(method, every, tmp_path):
     config = small_config(tmp_path / "run", methods=(method,), orders=1)

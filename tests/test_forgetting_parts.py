@@ -473,6 +473,40 @@ def test_the_reversed_training_sentences_are_made_only_for_a_run_that_reverses(t
     assert flipped.hidden is not None and len(flipped.hidden) == len(train.hidden)
 
 
+def test_the_directions_stage_adds_the_memorys_reversed_sentences_before_the_consolidation(tmp_path):
+    """cml+directions: after the memory is selected and before the consolidation, a cross-entropy
+    stage on the memory of every seen relation and, for each reversed one (cml's threshold, 0:
+    every relation), the same sentences with head and tail swapped, as the learn stage has them: a
+    symmetric relation's keep its label, every other one's get a class R + j and a spare row."""
+    from tests.test_cml import at_the_fourth_task
+
+    engine, experiment, tasks = at_the_fourth_task(tmp_path, with_part("directions"))
+    names = [s.name for s in engine.method.stages]
+    assert names.index("select memory") < names.index("directions") < names.index("consolidate")
+    stage = engine.method.stages[names.index("directions")]
+    assert (stage.data, stage.losses, stage.first_task) == ("memory", ("ce",), 1)
+    seen, symmetric = engine.seen_relations, experiment.dataset.symmetric
+    directed = [r for r in seen if r not in symmetric]
+    data = stage.stage_data(engine, ("ce",))
+    items, train, n_relations = engine.memory.indices(seen), engine.data.train, len(engine.data.relations)
+    expected = [
+        int(y)
+        if engine.data.relations[int(y)] in symmetric
+        else n_relations + directed.index(engine.data.relations[int(y)])
+        for y in train.labels[items]
+    ]
+    assert data.split.labels.tolist() == train.labels[items].tolist() + expected
+    assert data.items.tolist() == list(range(2 * len(items)))
+    assert data.spare.shape == (len(directed), engine.model.classifier.in_features)
+    flipped = data.split.subset(torch.arange(len(items), 2 * len(items)))
+    assert torch.equal(flipped.ids, engine.data.reversed_train.subset(items).ids)
+    assert torch.equal(flipped.hidden, engine.data.reversed_train.subset(items).hidden)
+    # the option sets its threshold; a consolidation, which declares none, never reverses
+    engine.context.options.reverse_similarity = 1.5
+    assert stage.stage_data(engine, ("ce",)).spare is None
+    assert engine.method.stages[names.index("consolidate")].reversed_relations(seen, engine.context) == []
+
+
 def test_cross_entropy_over_the_spare_rows_by_hand():
     from cml.stages import TERMS
 
