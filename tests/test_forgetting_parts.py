@@ -480,7 +480,7 @@ def test_the_directions_stage_adds_the_memorys_reversed_sentences_before_the_con
     symmetric relation's keep its label, every other one's get a class R + j and a spare row."""
     from tests.test_cml import at_the_fourth_task
 
-    engine, experiment, tasks = at_the_fourth_task(tmp_path, with_part("directions"))
+    engine, experiment, _ = at_the_fourth_task(tmp_path, with_part("directions"))
     names = [s.name for s in engine.method.stages]
     assert names.index("select memory") < names.index("directions") < names.index("consolidate")
     stage = engine.method.stages[names.index("directions")]
