@@ -407,11 +407,10 @@ def stage_classes(
     engine: Engine, items: torch.Tensor, relations: list[str], pairs: list[tuple[str, str]]
 ) -> tuple[EncodedSplit, torch.Tensor | None]:
     """The stage's sentences `items` (the task's, or the memory's), then ACA's adversarial classes
-    (Wang et al. 2022): those of
-    `relations` with head and tail swapped (reversed classes), then one hybrid class per pair (a,
-    b), its i-th sentence joining the head of a's i-th sentence to the tail of b's. A symmetric
-    relation's reversed sentences keep its label (spouse(a, b) is spouse(b, a)); every other
-    reversed relation and every pair is a class of its own for the stage, with ids R, R + 1, ...
+    (Wang et al. 2022): those of `relations` with head and tail swapped (reversed classes), then
+    one hybrid class per pair (a, b), its i-th sentence joining the head of a's i-th sentence to
+    the tail of b's. A symmetric relation's reversed sentences keep its label (spouse(a, b) is
+    spouse(b, a)); every other reversed relation and every pair is a class of its own for the stage, with ids R, R + 1, ...
     (reversed first) and a spare classifier row each, drawn from the task's seed (returned; None
     where there is none). The reversed sentences come from the run's (`EncodedData.reversed_train`,
     made once with their states); the hybrids get their frozen-layer states here."""
