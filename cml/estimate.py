@@ -56,7 +56,8 @@ def cell_workload(
         for stage in method.stages:
             if k < stage.first_task:
                 continue
-            held = sorted((min(m, n_train[data.label_of[r]]) for r in in_memory), reverse=True)
+            slots = {r: min(m, n_train[data.label_of[r]]) for r in in_memory}
+            held = sorted(slots.values(), reverse=True)
             memory = sum(held)
             if isinstance(stage, Train):
                 n = {
@@ -69,7 +70,7 @@ def cell_workload(
                     "task+threatened": count(task, n_train) + sum(held[: config.cml.threatened]),
                     # with reversed classes: the memory of the reversed relations once more
                     "memory": memory * (copies if stage.augment else 1)
-                    + sum(min(m, n_train[data.label_of[r]]) for r in stage.reversed_relations(in_memory, context)),
+                    + sum(slots[r] for r in stage.reversed_relations(in_memory, context)),
                     "seen": count(seen, n_train),
                 }[stage.data]
                 passes = int(stage.needs_teacher) + int(any(TERMS[t].bank for t in stage.losses))

@@ -410,9 +410,9 @@ def stage_classes(
     (Wang et al. 2022): those of `relations` with head and tail swapped (reversed classes), then
     one hybrid class per pair (a, b), its i-th sentence joining the head of a's i-th sentence to
     the tail of b's. A symmetric relation's reversed sentences keep its label (spouse(a, b) is
-    spouse(b, a)); every other reversed relation and every pair is a class of its own for the stage, with ids R, R + 1, ...
-    (reversed first) and a spare classifier row each, drawn from the task's seed (returned; None
-    where there is none). The reversed sentences come from the run's (`EncodedData.reversed_train`,
+    spouse(b, a)); every other reversed relation and every pair is a class of its own for the
+    stage, with ids R, R + 1, ... (reversed first) and a spare classifier row each, drawn from the
+    task's seed (returned; None where there is none). The reversed sentences come from the run's (`EncodedData.reversed_train`,
     made once with their states); the hybrids get their frozen-layer states here."""
     train, ids, markers = engine.data.train, engine.data.label_of, engine.data.markers
     directed = [r for r in relations if r not in engine.context.symmetric]
