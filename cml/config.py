@@ -396,6 +396,12 @@ class RunConfig:
         [], "experiment trackers to stream the run to: tensorboard, mlflow, wandb (any subset)", check=_trackers
     )
     mlflow_uri: str | None = option(None, "MLflow tracking URI (default: the file store mlruns/ here)")
+    plots: str = option(
+        "png",
+        "the report's plots: png (five PNG files beside report.md) or none (report.json and report.md alone, for "
+        "grids of many small runs: drawing them costs about a second a report)",
+        choices=("png", "none"),
+    )
 
     def check(self, source: str = "config") -> RunConfig:
         """Every option against its declaration, then what only a combination can get wrong;

@@ -75,8 +75,10 @@ def run_search(config: RunConfig, experiment: Experiment, device: torch.device, 
         "heads": comparison,
     }
     (run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    (run_dir / "search.md").write_text(markdown(report))
-    plot(report, run_dir)
+    plots = config.plots == "png"
+    (run_dir / "search.md").write_text(markdown(report, plots))
+    if plots:
+        plot(report, run_dir)
     return report
 
 
@@ -128,7 +130,8 @@ def _alpha_table(result: SearchResult) -> dict:
     }
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, plots: bool = True) -> str:
+    """The search report as Markdown; `plots`: link the two PNG plots drawn beside it."""
     s, n = report["config"]["search"], report["examples"]
     how = f"{s['sampling']} sampling" if s["method"] == "spos" else f"{s['relaxation']} relaxation"
     lines = [
@@ -168,7 +171,8 @@ def markdown(report: dict) -> str:
         "",
         *table(["head", "parameters", "val acc", "test acc"], rows),
     ]
-    lines += ["", "![alpha](alpha_heatmap.png)", "", "![search](search_accuracy.png)", ""]
+    if plots:
+        lines += ["", "![alpha](alpha_heatmap.png)", "", "![search](search_accuracy.png)", ""]
     return "\n".join(lines)
 
 

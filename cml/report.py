@@ -62,7 +62,8 @@ def pct(x: float | None) -> str:
     return num(x, 100, 1)
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, plots: bool = True) -> str:
+    """The report as Markdown; `plots`: link the PNG plots drawn beside it."""
     d, methods, seeds = report["dataset"], report["methods"], report["seeds"]
     if d["orders"] * len(seeds) == 1:
         bounds = "one run, so no error bounds"
@@ -164,7 +165,8 @@ def markdown(report: dict) -> str:
         ],
     )
     lines += ["", "## Definitions", "", DEFINITIONS, ""]
-    lines += [f"![{title}]({file})\n" for file, title in PLOTS.items()]
+    if plots:
+        lines += [f"![{title}]({file})\n" for file, title in PLOTS.items()]
     return "\n".join(lines)
 
 
@@ -434,9 +436,11 @@ def _scatter(plt, path: Path, series: dict, xlabel: str, ylabel: str, title: str
 def write_report(
     run_dir: Path, config: RunConfig, experiment: Experiment, rows: dict, timings: dict, wall: dict | None = None
 ) -> dict:
-    """report.json, report.md and the plots of a run; returns the report's data."""
+    """report.json, report.md and (`plots: png`) the plots of a run; returns the report's data."""
     report = summarize(config, experiment, rows, timings, wall)
+    plots = config.plots == "png"
     write_text_atomically(run_dir / "report.json", json.dumps(report, indent=1))
-    write_text_atomically(run_dir / "report.md", markdown(report))
-    plot(report, run_dir)
+    write_text_atomically(run_dir / "report.md", markdown(report, plots))
+    if plots:
+        plot(report, run_dir)
     return report

@@ -43,7 +43,7 @@ from cml.trackers import open_trackers, prepare_trackers
 
 CONFIG_FILE, RESULTS_FILE = "config.yaml", "results.jsonl"
 # may differ between a run and its resumption: they do not change a number (the head search's
-# options do not touch a run, trackers only watch it; a cell's thread count does, so executor.cpus_per_cell must match)
+# options do not touch a run, trackers only watch it, plots only draw it; a cell's thread count does, so executor.cpus_per_cell must match)
 IGNORED_ON_RESUME = (
     "output",
     "device",
@@ -53,6 +53,7 @@ IGNORED_ON_RESUME = (
     "executor.gpus_per_cell",
     "log_to",
     "mlflow_uri",
+    "plots",
 )
 # may grow on resumption: a cell's numbers depend on its own (method, order, seed) alone, and a
 # grid's first orders and seeds are the same however many follow (cml/tasks.py, cml/cells.py)

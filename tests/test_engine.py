@@ -7,6 +7,7 @@ from cml.cli import main
 from cml.config import RunConfig
 from cml.engine import Engine
 from cml.experiment import build_experiment
+from cml.report import PLOTS
 from cml.runner import RESULTS_FILE, run
 
 
@@ -26,6 +27,7 @@ def small_config(output, methods=("finetune", "replay", "joint"), orders=2) -> R
     config.train.memory_size = 3
     config.train.head_lr = 1e-2
     config.encoder.freeze_layers = 1
+    config.plots = "none"  # about a second a run; the tests of the plots ask for them
     return config
 
 
@@ -56,9 +58,11 @@ def rows_without_time(run_dir):
 
 def test_run_writes_report_and_keeps_class_incremental_protocol(tmp_path):
     config = small_config(tmp_path / "run")
+    config.plots = "png"
     report = run(config, build_experiment(config), progress=False)
-    for name in ("report.json", "report.md", "accuracy_by_stage.png", "accuracy_matrix.png", "config.yaml"):
+    for name in ("report.json", "report.md", "config.yaml", *PLOTS):
         assert (tmp_path / "run" / name).exists()
+    assert all(f"]({name})" in (tmp_path / "run" / "report.md").read_text() for name in PLOTS)
     assert not list((tmp_path / "run" / "checkpoints").iterdir())  # finished orders keep no checkpoint
     rows = rows_without_time(tmp_path / "run")
     assert len(rows) == 3 * 2 * 5
@@ -331,6 +335,17 @@ def test_prototype_difficulty_for_a_curriculum_inside_the_learn_stage_touches_no
     assert not out.exists()
 
 
+def test_plots_none_writes_the_report_without_plots_and_a_resume_may_turn_them_on(tmp_path):
+    config = small_config(tmp_path / "run", methods=("finetune",), orders=1)
+    report = run(config, build_experiment(config), progress=False)
+    assert not list((tmp_path / "run").glob("*.png"))
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## Definitions" in md and ".png)" not in md  # no link to a plot that is not there
+    config.plots = "png"  # not a number of the run: a resume may change it, and draws them
+    assert run(config, build_experiment(config), resume=True, progress=False)["methods"] == report["methods"]
+    assert {p.name for p in (tmp_path / "run").glob("*.png")} == set(PLOTS)
+
+
 def test_a_stage_with_every_loss_weight_at_zero_touches_nothing(tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["--method", "crl", "--loss-supcon", "0", "--output", str(out), "--encoder", "tiny"]) == 2
@@ -342,7 +357,7 @@ def test_seeds_repeat_every_order_and_the_report_separates_orders_from_seeds(tmp
     one = small_config(tmp_path / "one", methods=("finetune", "replay"))
     run(one, build_experiment(one), progress=False)
     two = small_config(tmp_path / "two", methods=("finetune", "replay"))
-    two.seeds = 2
+    two.seeds, two.plots = 2, "png"
     report = run(two, build_experiment(two), progress=False)
     rows = rows_without_time(tmp_path / "two")
     assert {(r["method"], r["order"], r["seed"]) for r in rows} == {

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     *("--encoder", "tiny", "--freeze-layers", "1", "--max-per-relation", "4", "--orders", "1"),
     *("--epochs", "1", "--consolidate-epochs", "1", "--search-steps", "2", "--cpus-per-cell", "1"),
+    *("--plots", "none"),  # about a second a run; tests/test_engine.py draws them
 ]
 
 
