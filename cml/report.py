@@ -443,4 +443,7 @@ def write_report(
     write_text_atomically(run_dir / "report.md", markdown(report, plots))
     if plots:
         plot(report, run_dir)
+    else:  # an earlier report's plots (a resumed run) would no longer match this one
+        for name in PLOTS:
+            (run_dir / name).unlink(missing_ok=True)
     return report

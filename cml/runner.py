@@ -43,7 +43,8 @@ from cml.trackers import open_trackers, prepare_trackers
 
 CONFIG_FILE, RESULTS_FILE = "config.yaml", "results.jsonl"
 # may differ between a run and its resumption: they do not change a number (the head search's
-# options do not touch a run, trackers only watch it, plots only draw it; a cell's thread count does, so executor.cpus_per_cell must match)
+# options do not touch a run, trackers only watch it, plots only draw it; a cell's thread count
+# does, so executor.cpus_per_cell must match)
 IGNORED_ON_RESUME = (
     "output",
     "device",

@@ -344,6 +344,9 @@ def test_plots_none_writes_the_report_without_plots_and_a_resume_may_turn_them_o
     config.plots = "png"  # not a number of the run: a resume may change it, and draws them
     assert run(config, build_experiment(config), resume=True, progress=False)["methods"] == report["methods"]
     assert {p.name for p in (tmp_path / "run").glob("*.png")} == set(PLOTS)
+    config.plots = "none"  # and off again: the plots of the earlier report go with it
+    run(config, build_experiment(config), resume=True, progress=False)
+    assert not list((tmp_path / "run").glob("*.png"))
 
 
 def test_a_stage_with_every_loss_weight_at_zero_touches_nothing(tmp_path, capsys):
