@@ -412,8 +412,9 @@ def stage_classes(
     the tail of b's. A symmetric relation's reversed sentences keep its label (spouse(a, b) is
     spouse(b, a)); every other reversed relation and every pair is a class of its own for the
     stage, with ids R, R + 1, ... (reversed first) and a spare classifier row each, drawn from the
-    task's seed (returned; None where there is none). The reversed sentences come from the run's (`EncodedData.reversed_train`,
-    made once with their states); the hybrids get their frozen-layer states here."""
+    task's seed (returned; None where there is none). The reversed sentences come from the run's
+    (`EncodedData.reversed_train`, made once with their states); the hybrids get their
+    frozen-layer states here."""
     train, ids, markers = engine.data.train, engine.data.label_of, engine.data.markers
     directed = [r for r in relations if r not in engine.context.symmetric]
     parts = [train.subset(items)]
