@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from cml.config import LossConfig
 from cml.errors import CMLInputError
-from cml.plugins import MetaStep, Plugin, ResetClassifier
+from cml.plugins import MetaStep, Plugin, ResetClassifier, RestoreOldRows
 from cml.prototypes import NearestPrototype
 from cml.stages import RefreshPrototypes, SelectMemory, Stage, Train
 
@@ -95,6 +95,7 @@ CML_PARTS: dict[str, tuple[bool, str]] = {
     "hybrid": (False, "hybrid classes of the most type-similar pairs in the learn stage"),
     "asymmetric": (False, "a learn-stage softmax over the task's own classes (ER-ACE's asymmetric cross-entropy)"),
     "directions": (False, "a cross-entropy stage on the memory and its reversed sentences before the consolidation"),
+    "restore": (False, "the old relations' classifier rows restored after the learn stage (CDec)"),
 }
 
 
@@ -129,7 +130,9 @@ def cml(summary: str, **parts: bool) -> Method:
         ),
         classifier="ensemble",
         ncm=NearestPrototype("z", "cosine"),
-        plugins=(MetaStep(CML_EPS),) if has["meta"] else (),
+        plugins=tuple(
+            part for part, on in ((MetaStep(CML_EPS), has["meta"]), (RestoreOldRows(), has["restore"])) if on
+        ),
     )
 
 

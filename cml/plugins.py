@@ -80,3 +80,23 @@ class ResetClassifier(Plugin):
 
     def before_task(self, engine: Engine) -> None:
         engine.model.reset_classifier(torch.Generator().manual_seed(engine.seed))
+
+
+class RestoreOldRows(Plugin):
+    """CDec's restoration (Xia et al. 2023): after the stage named `after`, from the second task on,
+    the old relations' classifier rows go back to their weights from the start of the task. The
+    learn stage still reads them as negatives, but its push of them away from the new relations'
+    sentences, learnt from the task's data alone, is undone before the consolidation re-balances
+    them on the memory."""
+
+    needs_start = True
+
+    def __init__(self, after: str = "learn"):
+        self.after = after
+
+    def after_stage(self, engine: Engine, stage: Stage) -> None:
+        if stage.name != self.after or len(engine.tasks) == 1:
+            return
+        old = engine.old_ids
+        with torch.no_grad():
+            engine.model.classifier.weight[old] = engine.start["classifier.weight"][old]

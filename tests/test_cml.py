@@ -8,7 +8,7 @@ from torch import nn
 
 from cml.config import CMLConfig
 from cml.meta import reptile, step_size
-from cml.plugins import MetaStep, Plugin
+from cml.plugins import MetaStep, Plugin, RestoreOldRows
 from cml.stages import Train
 from cml.timing import PhaseTimer
 from tests.test_engine import make_engine, small_config
@@ -40,11 +40,13 @@ class Toy(nn.Module):
 def toy_engine(tasks):
     model = Toy()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = {"a": 0, "b": 1, "c": 2, "d": 3}
     return types.SimpleNamespace(
         model=model,
         tasks=tasks,
         start=start,
-        current_ids=torch.tensor([{"a": 0, "b": 1, "c": 2, "d": 3}[r] for r in tasks[-1]]),
+        current_ids=torch.tensor([ids[r] for r in tasks[-1]]),
+        old_ids=torch.tensor([ids[r] for task in tasks[:-1] for r in task], dtype=torch.long),
         device=torch.device("cpu"),
         context=types.SimpleNamespace(options=CMLConfig(meta_schedule="linear"), n_tasks=5),
         timer=PhaseTimer(),
@@ -86,6 +88,29 @@ def test_meta_eps_option_overrides_the_methods_step_size():
         engine.model.body.weight.add_(1.0)
     MetaStep(0.9).after_stage(engine, Train("learn", "task"))
     torch.testing.assert_close(engine.model.body.weight.detach(), before + 0.25)
+
+
+def test_restoring_the_old_rows_after_learning_undoes_only_their_change():
+    engine = toy_engine([["a"], ["b"], ["c", "d"]])  # rows 0 and 1 are old, 2 and 3 new
+    with torch.no_grad():  # stands in for the learn stage
+        for p in engine.model.parameters():
+            p.add_(torch.randn_like(p))
+    after = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
+    RestoreOldRows().after_stage(engine, Train("consolidate", "memory"))  # not the learn stage
+    torch.testing.assert_close(engine.model.classifier.weight.detach(), after["classifier.weight"])
+    RestoreOldRows().after_stage(engine, Train("learn", "task"))
+    expected = torch.cat([engine.start["classifier.weight"][:2], after["classifier.weight"][2:]])
+    torch.testing.assert_close(engine.model.classifier.weight.detach(), expected)
+    torch.testing.assert_close(engine.model.body.weight.detach(), after["body.weight"])  # only the rows
+
+
+def test_no_rows_are_restored_on_the_first_task():
+    engine = toy_engine([["a", "b"]])
+    with torch.no_grad():
+        engine.model.classifier.weight.add_(1.0)
+    trained = engine.model.classifier.weight.detach().clone()
+    RestoreOldRows().after_stage(engine, Train("learn", "task"))
+    torch.testing.assert_close(engine.model.classifier.weight.detach(), trained)
 
 
 class Recorder(Plugin):

@@ -14,6 +14,7 @@ from cml.memory import allocate, select_prototypes
 from cml.meta import path_gradient
 from cml.methods import CML_PARTS
 from cml.metrics import unit_forgetting
+from cml.plugins import Plugin
 from cml.prototypes import Prototypes
 from cml.relations import RelationSpace
 from cml.stages import SelectMemory, Train, threat_weights
@@ -715,3 +716,28 @@ def test_the_spare_rows_train_with_the_stage(tmp_path, monkeypatch):
     engine.seen[engine.current_ids] = True
     learn.run(engine)
     assert not torch.equal(seen["data"].spare.detach(), seen["before"])
+
+
+def test_cml_restore_gives_the_consolidation_the_old_rows_from_the_start_of_the_task(tmp_path):
+    """cml+restore: after the learn stage of a later task the old relations' rows are those of the
+    task's start, the new relations' rows are trained; cml itself keeps what the stage made."""
+
+    class AfterLearn(Plugin):  # runs after the method's own plugins
+        def __init__(self):
+            self.rows = []
+
+        def after_stage(self, engine, stage):
+            if stage.name == "learn" and len(engine.tasks) == 2:
+                weight = engine.model.classifier.weight.detach()
+                start = engine.start["classifier.weight"]
+                old, new = engine.old_ids, engine.current_ids
+                self.rows.append((torch.equal(weight[old], start[old]), torch.equal(weight[new], start[new])))
+
+    for method, restored in (("cml+restore", True), ("cml", False)):
+        config = small_config(tmp_path / method, methods=(method,))
+        config.train.consolidate_epochs = 1
+        after = AfterLearn()
+        engine, experiment = make_engine(config, method, plugins=(after,))
+        for task in experiment.orders[0].tasks[:2]:
+            engine.run_task(task)
+        assert after.rows == [(restored, False)]
