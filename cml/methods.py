@@ -81,7 +81,8 @@ REVERSE_SIMILARITY = 0.0
 # order 0), the threatened memory in the learn stage -0.3 (8 relations, orders 0-2, p 0.65); added
 # to today's cml (with the reversed classes), hybrid classes of the most type-similar pairs -0.8
 # (orders 0-1: -0.1, -1.4), the learn stage's softmax over the task's classes -0.45 (orders
-# 0-1: -0.2, -0.7) and the directions rehearsed on the memory -1.1 (order 0).
+# 0-1: -0.2, -0.7), the directions rehearsed on the memory -1.1 (order 0) and CDec's restored old
+# classifier rows -0.25 (orders 0-1: -0.3, -0.2).
 CML_PARTS: dict[str, tuple[bool, str]] = {
     "curriculum": (True, "consolidation batches released easy to hard by the curriculum"),
     "meta": (True, "the Reptile step after the learn stage"),
