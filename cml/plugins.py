@@ -49,21 +49,34 @@ class Plugin:
         pass
 
 
-class MetaStep(Plugin):
+class AfterStage(Plugin):
+    """A part that acts on the weights right after the stage named `after`, from the second task
+    on, against the weights from the start of the task (`engine.start`): `act` says how."""
+
+    needs_start = True
+
+    def __init__(self, after: str = "learn"):
+        self.after = after
+
+    def after_stage(self, engine: Engine, stage: Stage) -> None:
+        if stage.name == self.after and len(engine.tasks) > 1:
+            self.act(engine)
+
+    def act(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+
+class MetaStep(AfterStage):
     """CML's Reptile step right after the stage named `after` (from the second task on): the
     weights move from where the task started only eps_k of the way to where that stage took them,
     except the classifier rows of the relations that arrived with this task. `eps` is the
     method's own step size; `--meta-eps` overrides it for every method."""
 
-    needs_start = True
-
     def __init__(self, eps: float, after: str = "learn"):
+        super().__init__(after)
         self.eps = eps
-        self.after = after
 
-    def after_stage(self, engine: Engine, stage: Stage) -> None:
-        if stage.name != self.after or len(engine.tasks) == 1:
-            return
+    def act(self, engine: Engine) -> None:
         options = engine.context.options
         eps = self.eps if options.meta_eps is None else options.meta_eps
         eps = step_size(eps, options.meta_schedule, len(engine.tasks) - 1, engine.context.n_tasks)
@@ -82,21 +95,14 @@ class ResetClassifier(Plugin):
         engine.model.reset_classifier(torch.Generator().manual_seed(engine.seed))
 
 
-class RestoreOldRows(Plugin):
+class RestoreOldRows(AfterStage):
     """CDec's restoration (Xia et al. 2023): after the stage named `after`, from the second task on,
     the old relations' classifier rows go back to their weights from the start of the task. The
     learn stage still reads them as negatives, but its push of them away from the new relations'
     sentences, learnt from the task's data alone, is undone before the consolidation re-balances
     them on the memory."""
 
-    needs_start = True
-
-    def __init__(self, after: str = "learn"):
-        self.after = after
-
-    def after_stage(self, engine: Engine, stage: Stage) -> None:
-        if stage.name != self.after or len(engine.tasks) == 1:
-            return
+    def act(self, engine: Engine) -> None:
         old = engine.old_ids
         with torch.no_grad():
             engine.model.classifier.weight[old] = engine.start["classifier.weight"][old]
