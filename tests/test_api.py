@@ -13,6 +13,7 @@ SMALL = {
     "data": {"dataset": "demo", "orders": 2, "max_per_relation": 8},
     "encoder": {"name": "tiny", "freeze_layers": 1},
     "train": {"methods": ["finetune", "replay"], "epochs": 1},
+    "plots": "none",  # about a second a report; tests/test_engine.py draws them
 }
 
 
@@ -21,7 +22,8 @@ def test_a_run_from_a_dict_gives_the_command_lines_rows_and_keeps_nothing(tmp_pa
     results = cml.run(SMALL)
     assert results.run_dir is None and not any(tmp_path.iterdir())  # nothing written here
     argv = ["--dataset", "demo", "--orders", "2", "--max-per-relation", "8", "--encoder", "tiny"]
-    argv += ["--freeze-layers", "1", "--method", "finetune,replay", "--epochs", "1", "--output", str(tmp_path / "cli")]
+    argv += ["--freeze-layers", "1", "--method", "finetune,replay", "--epochs", "1", "--plots", "none"]
+    argv += ["--output", str(tmp_path / "cli")]
     assert main(argv) == 0
     without_time = [{k: v for k, v in r.items() if k != "seconds"} for r in results.rows]
     assert without_time == rows_without_time(tmp_path / "cli")

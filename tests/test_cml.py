@@ -136,7 +136,6 @@ class Recorder(Plugin):
 def test_hooks_are_called_in_the_documented_order(tmp_path):
     recorder = Recorder()
     config = small_config(tmp_path, methods=("cml",))
-    config.train.consolidate_epochs = 1
     engine, experiment = make_engine(config, "cml", plugins=(recorder,))
     for task in experiment.orders[0].tasks[:2]:
         engine.run_task(task)
@@ -175,7 +174,6 @@ def at_the_fourth_task(tmp_path, method):
     """An engine that has learnt three tasks and just received the fourth (no stage run yet)."""
     config = small_config(tmp_path, methods=(method,))
     config.cml.start_fraction = 0.1
-    config.train.consolidate_epochs = 1
     config.train.augment = "none"
     engine, experiment = make_engine(config, method)
     tasks = experiment.orders[0].tasks

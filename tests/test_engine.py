@@ -23,6 +23,7 @@ def small_config(output, methods=("finetune", "replay", "joint"), orders=2) -> R
     config.encoder.name = "tiny"
     config.train.methods = list(methods)
     config.train.epochs = 1
+    config.train.consolidate_epochs = 1  # the two-stage methods' second stage, at its default 10, is most of a run
     config.train.batch_size = 8
     config.train.memory_size = 3
     config.train.head_lr = 1e-2
@@ -127,7 +128,6 @@ def test_same_seed_same_numbers_and_resume_matches_an_uninterrupted_run(tmp_path
 
     def configured(output):
         config = small_config(output, methods=(method,))
-        config.train.consolidate_epochs = 1
         for key, value in parts.items():
             setattr(config.cml, key, value)
         return config
@@ -294,7 +294,6 @@ def test_rows_count_training_examples_and_the_report_says_where_time_went(tmp_pa
 
 def test_rows_and_report_give_old_and_new_accuracy_under_every_classifier(tmp_path):
     config = small_config(tmp_path / "run", methods=("finetune", "cear"), orders=1)
-    config.train.consolidate_epochs = 1
     report = run(config, build_experiment(config), progress=False)
     rows = {(r["method"], r["task"]): r for r in rows_without_time(tmp_path / "run")}
     assert rows[("cear", 0)]["old_accuracy"] is None  # nothing is old on the first task

@@ -16,20 +16,16 @@ from cml.experiment import build_experiment
 from cml.runner import RESULTS_FILE, run
 from tests.test_engine import cache_dir, rows_without_time, small_config  # noqa: F401 (cache_dir: autouse fixture)
 
-ray = pytest.importorskip("ray", reason="the ray extra is part of the test extra")
+pytest.importorskip("ray", reason="the ray extra is part of the test extra")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """One local Ray for the module (the executor uses the one this process is connected to)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+@pytest.fixture(autouse=True)
+def on_ray(local_ray):
+    local_ray()
 
 
 def grid_config(output, executor: str):
     config = small_config(output, methods=("replay", "cml"))
-    config.train.consolidate_epochs = 2
     config.executor.name = executor
     config.executor.cpus_per_cell = 1  # a cell's thread count decides its numbers on a CPU
     return config

@@ -92,7 +92,6 @@ def test_difficulty_allocation_shares_the_same_budget_by_difficulty(tmp_path, mo
     method = with_part("allocation")
     config = small_config(tmp_path, methods=(method,))
     config.data.max_per_relation = 12
-    config.train.consolidate_epochs = 1
     engine, experiment = make_engine(config, method)
     assert engine.method.stages[1].allocation == "difficulty"
     given = []
@@ -735,7 +734,6 @@ def test_cml_restore_gives_the_consolidation_the_old_rows_from_the_start_of_the_
 
     for method, restored in (("cml+restore", True), ("cml", False)):
         config = small_config(tmp_path / method, methods=(method,))
-        config.train.consolidate_epochs = 1
         after = AfterLearn()
         engine, experiment = make_engine(config, method, plugins=(after,))
         for task in experiment.orders[0].tasks[:2]:

@@ -197,7 +197,8 @@ def test_search_head_cli_writes_genotype_and_report_and_the_learner_uses_it(tmp_
     assert (out / "alpha_heatmap.png").stat().st_size > 0 and (out / "search_accuracy.png").stat().st_size > 0
     assert main([*args, "--search-head", "--output", str(out)]) == 2  # will not overwrite a search
 
-    run_args = [*args, "--orders", "1", "--epochs", "1", "--method", "cml", "--freeze-layers", "1"]
+    run_args = [*args, "--orders", "1", "--epochs", "1", "--consolidate-epochs", "1", "--method", "cml"]
+    run_args += ["--freeze-layers", "1", "--plots", "none"]
     assert main([*run_args, "--head", str(out / "genotype.json"), "--output", str(tmp_path / "run")]) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert [r["task_size"] for r in rows] == [[80] * (k + 1) for k in range(5)]  # class-incremental, 4 x 20 test

@@ -62,22 +62,19 @@ def small_fewrel(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def ray_for():
-    """Ray for a command with `--executor ray`: one local Ray that the module's commands share (the
-    executor uses the Ray its process is connected to; starting one costs most of such a tiny
-    run), except for the demo's command, which starts its own as a user's first run does."""
-    ray = pytest.importorskip("ray", reason="the ray extra is part of the test extra")
+@pytest.fixture
+def ray_for(local_ray):
+    """Ray for a command with `--executor ray`: the test process's shared one (tests/conftest.py),
+    except for the demo's command, which starts its own as a user's first run does."""
+    import ray
 
     def connect(command: str) -> None:
         if "configs/demo.yaml" in command:
-            if ray.is_initialized():
-                ray.shutdown()
-        elif not ray.is_initialized():
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.shutdown()
+        else:
+            local_ray()
 
-    yield connect
-    ray.shutdown()
+    return connect
 
 
 @pytest.mark.parametrize("command", readme_commands())
