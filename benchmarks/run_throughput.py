@@ -11,7 +11,7 @@ forward-only examples: evaluation, memory encoding, teacher and bank passes, at 
 divides the time that work would take at the ceilings by the wall time. Peak memory last.
 
 python benchmarks/run_throughput.py --config configs/fewrel.yaml --data-dir ../shared/data/fewrel \
-    --orders 1 --method cml --output runs/throughput-cml
+    --orders 1 --method cml --executor local --output runs/throughput-cml
 """
 
 import sys
@@ -29,6 +29,12 @@ from cml.timing import FORWARD_PHASES, TRAIN_PHASE, PhaseTimer
 header()
 args = parser().parse_args(sys.argv[1:])
 config, _ = config_from_args(args)
+if config.executor.name != "local":  # one cell after another in this process, which times the phases
+    print(
+        f"error: the phases are timed in this process: add --executor local (not {config.executor.name})",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 start = time.perf_counter()
 experiment = build_experiment(config)
 timer = PhaseTimer(sync=True)

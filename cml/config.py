@@ -357,16 +357,17 @@ class ExecutorConfig:
 
     name: str = option(
         "local",
-        "where the (method, order, seed) cells run: local (this process, one after another) or ray (a Ray task "
-        'each, side by side; pip install -e ".[ray]")',
-        choices=("local", "ray"),
+        "where the (method, order, seed) cells run: local (this process, one after another), processes (side by "
+        "side on this CPU, a process each, as many as its cores hold at --cpus-per-cell threads) or ray (a Ray task "
+        'each, side by side, here or on a cluster; pip install -e ".[ray]")',
+        choices=("local", "processes", "ray"),
         flag="--executor",
     )
     ray_address: str | None = option(None, "ray: the cluster to join (auto, or host:port); default: start Ray here")
     cpus_per_cell: int | None = option(
         None,
-        "threads of one cell, and the CPUs Ray reserves for it (default: all cores locally, 1 on ray); on a CPU the "
-        "numbers depend on it, so equal values give equal rows on either executor",
+        "threads of one cell, and the CPUs Ray reserves for it (default: all cores on local, 1 on processes and "
+        "ray); on a CPU the numbers depend on it, so equal values give equal rows on every executor",
         domain="[1, inf)",
     )
     gpus_per_cell: float = option(
@@ -411,10 +412,10 @@ class RunConfig:
             if problem:
                 raise CMLInputError(f"{opt.key} is {opt.get(self)!r}; {problem}", source)
         ex = self.executor
-        if ex.name == "local" and (ex.gpus_per_cell or ex.ray_address is not None):
+        if ex.name != "ray" and (ex.gpus_per_cell or ex.ray_address is not None):
             raise CMLInputError(
                 "executor.gpus_per_cell and executor.ray_address apply to the ray executor; "
-                "the local one runs on --device (add --executor ray)",
+                f"the {ex.name} one runs on --device (add --executor ray)",
                 source,
             )
         return self

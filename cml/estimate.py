@@ -12,7 +12,6 @@ bound by that much; the report sets the real wall time beside it.
 from __future__ import annotations
 
 import copy
-import os
 import time
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import torch
 from cml.cells import Cell
 from cml.config import RunConfig
 from cml.engine import EncodedData, Engine, MethodContext
+from cml.executors import cells_at_once
 from cml.methods import METHODS, Method
 from cml.model import RelationModel
 from cml.stages import TERMS, SelectMemory, StageData, Train, hybrid_sources
@@ -165,9 +165,7 @@ def estimate_run(
     """The estimate for `cells` (config resolved: a cell's threads fixed)."""
     rates = measure_rates(model, data, config, context, device)
     work = [cell_workload(METHODS[c.method], orders[c.order], data, config, context) for c in cells]
-    parallel = 1
-    if config.executor.name == "ray" and device.type == "cpu":  # Ray holds every core of this machine
-        parallel = max(1, (os.cpu_count() or 1) // config.executor.cpus_per_cell)
+    parallel = cells_at_once(config, device)
     total = sum(work, Workload())
     seconds = sum(rates.seconds(w) for w in work) / min(parallel, max(1, len(cells)))
     return Estimate(len(cells), total, seconds, parallel, rates)

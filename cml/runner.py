@@ -4,7 +4,8 @@ log per cell, a report at the end. `--resume DIR` skips finished cells, continue
 from their last finished task, and gives the numbers an uninterrupted run would have given.
 
 This process (the driver) loads the data, tokenises it and caches the frozen-layer states once;
-an executor (cml/executors.py) runs the cells, here or on Ray, and hands their rows back.
+an executor (cml/executors.py) runs the cells, in this process, in processes beside it or on Ray,
+and hands their rows back.
 """
 
 from __future__ import annotations
@@ -93,7 +94,12 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     check_learn_softmax(config.train.methods, config.cml.learn_softmax)
     if config.executor.name == "ray" and importlib.util.find_spec("ray") is None:
         raise CMLInputError('--executor ray needs Ray: pip install -e ".[ray]"')
-    config, _ = resolved(config)
+    config, device = resolved(config)
+    if config.executor.name == "processes" and device.type != "cpu":
+        raise CMLInputError(
+            f"--executor processes runs cells side by side on this machine's CPU, not on {device}: "
+            "--executor local runs them one after another there, ray shares a GPU (--gpus-per-cell)"
+        )
     run_dir = check_writable(Path(config.output))
     saved_path = run_dir / CONFIG_FILE
     if resume:

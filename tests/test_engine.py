@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from cml.cells import LOGS
 from cml.cli import main
 from cml.config import RunConfig
 from cml.engine import Engine
@@ -55,6 +56,18 @@ def rows_without_time(run_dir):
         (r["method"], r["order"], r["seed"], r["task"]): {k: v for k, v in r.items() if k != "seconds"} for r in rows
     }
     return [latest[k] for k in sorted(latest)]
+
+
+def numbers(report: dict) -> dict:
+    """The report without what says where and how fast it ran."""
+    speed = ("seconds", "train_examples_per_second")
+    methods = {m: {k: v for k, v in r.items() if k not in speed} for m, r in report["methods"].items()}
+    config = {k: v for k, v in report["config"].items() if k not in ("output", "executor")}
+    return {**report, "methods": methods, "config": config, "timings": None, "wall": None}
+
+
+def log_lines(run_dir, cell: str) -> list[str]:
+    return (run_dir / LOGS / f"{cell}.log").read_text().splitlines()
 
 
 def test_run_writes_report_and_keeps_class_incremental_protocol(tmp_path):

@@ -9,12 +9,18 @@ import time
 
 import pytest
 
-from cml.cells import CHECKPOINTS, LOGS
+from cml.cells import CHECKPOINTS
 from cml.cli import main
 from cml.errors import DivergedError
 from cml.experiment import build_experiment
 from cml.runner import RESULTS_FILE, run
-from tests.test_engine import cache_dir, rows_without_time, small_config  # noqa: F401 (cache_dir: autouse fixture)
+from tests.test_engine import (  # noqa: F401 (cache_dir: autouse fixture)
+    cache_dir,
+    log_lines,
+    numbers,
+    rows_without_time,
+    small_config,
+)
 
 pytest.importorskip("ray", reason="the ray extra is part of the test extra")
 
@@ -29,18 +35,6 @@ def grid_config(output, executor: str):
     config.executor.name = executor
     config.executor.cpus_per_cell = 1  # a cell's thread count decides its numbers on a CPU
     return config
-
-
-def numbers(report: dict) -> dict:
-    """The report without what says where and how fast it ran."""
-    speed = ("seconds", "train_examples_per_second")
-    methods = {m: {k: v for k, v in r.items() if k not in speed} for m, r in report["methods"].items()}
-    config = {k: v for k, v in report["config"].items() if k not in ("output", "executor")}
-    return {**report, "methods": methods, "config": config, "timings": None, "wall": None}
-
-
-def log_lines(run_dir, cell: str) -> list[str]:
-    return (run_dir / LOGS / f"{cell}.log").read_text().splitlines()
 
 
 @pytest.fixture(scope="module")
