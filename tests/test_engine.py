@@ -33,6 +33,23 @@ def small_config(output, methods=("finetune", "replay", "joint"), orders=2) -> R
     return config
 
 
+def grid_config(output, executor: str) -> RunConfig:
+    """Two methods over two orders, one thread per cell: a cell's thread count decides its numbers on a CPU."""
+    config = small_config(output, methods=("replay", "cml"))
+    config.executor.name = executor
+    config.executor.cpus_per_cell = 1
+    return config
+
+
+def local_grid_run(tmp_path_factory):
+    """`grid_config` run undisturbed, one cell after another: (its directory, its report)."""
+    run_dir = tmp_path_factory.mktemp("local") / "run"
+    config = grid_config(run_dir, "local")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CML_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+        return run_dir, run(config, build_experiment(config), progress=False)
+
+
 def interrupt_at(task: int, config: RunConfig, experiment, monkeypatch) -> None:
     """Run `config` and stop it (KeyboardInterrupt) as its `task`-th task starts, counting from 1
     over the cells in the order they run; the engine is as it was afterwards."""

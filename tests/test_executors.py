@@ -16,6 +16,8 @@ from cml.experiment import build_experiment
 from cml.runner import RESULTS_FILE, run
 from tests.test_engine import (  # noqa: F401 (cache_dir: autouse fixture)
     cache_dir,
+    grid_config,
+    local_grid_run,
     log_lines,
     numbers,
     rows_without_time,
@@ -30,21 +32,10 @@ def on_ray(local_ray):
     local_ray()
 
 
-def grid_config(output, executor: str):
-    config = small_config(output, methods=("replay", "cml"))
-    config.executor.name = executor
-    config.executor.cpus_per_cell = 1  # a cell's thread count decides its numbers on a CPU
-    return config
-
-
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     """The undisturbed local run every ray run here is compared with."""
-    run_dir = tmp_path_factory.mktemp("local") / "run"
-    config = grid_config(run_dir, "local")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CML_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-        return run_dir, run(config, build_experiment(config), progress=False)
+    return local_grid_run(tmp_path_factory)
 
 
 def test_ray_gives_the_rows_and_report_of_a_local_run(tmp_path, local_run):

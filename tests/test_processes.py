@@ -21,6 +21,8 @@ from cml.experiment import build_experiment
 from cml.runner import RESULTS_FILE, prepare_run_dir, run
 from tests.test_engine import (  # noqa: F401 (cache_dir: autouse fixture)
     cache_dir,
+    grid_config,
+    local_grid_run,
     log_lines,
     numbers,
     rows_without_time,
@@ -31,13 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SIDE_BY_SIDE = min(2, os.cpu_count() or 1)
 
 
-def grid_config(output, executor: str):
-    config = small_config(output, methods=("replay", "cml"))
-    config.executor.name = executor
-    config.executor.cpus_per_cell = 1  # a cell's thread count decides its numbers on a CPU
-    return config
-
-
 def pid_of(run_dir, cell: str) -> int:
     return int(log_lines(run_dir, cell)[0].split(" pid ")[1].split()[0])
 
@@ -45,11 +40,7 @@ def pid_of(run_dir, cell: str) -> int:
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     """The local run, one cell after another, that every run here is compared with."""
-    run_dir = tmp_path_factory.mktemp("local") / "run"
-    config = grid_config(run_dir, "local")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CML_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-        return run_dir, run(config, build_experiment(config), progress=False)
+    return local_grid_run(tmp_path_factory)
 
 
 def test_cells_side_by_side_give_the_rows_and_report_of_a_local_run(tmp_path, local_run):
