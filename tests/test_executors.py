@@ -21,7 +21,6 @@ from tests.test_engine import (  # noqa: F401 (cache_dir: autouse fixture)
     log_lines,
     numbers,
     rows_without_time,
-    small_config,
 )
 
 pytest.importorskip("ray", reason="the ray extra is part of the test extra")

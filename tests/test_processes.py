@@ -26,7 +26,6 @@ from tests.test_engine import (  # noqa: F401 (cache_dir: autouse fixture)
     log_lines,
     numbers,
     rows_without_time,
-    small_config,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +93,7 @@ def test_a_cell_that_diverges_stops_the_run_with_its_own_error(tmp_path):
     assert not (tmp_path / "run" / "report.md").exists()
 
 
-def test_a_killed_worker_stops_the_run_and_resume_finishes_it(tmp_path, local_run):
+def test_a_killed_worker_stops_the_run_and_resume_finishes_it(tmp_path):
     run_dir = tmp_path / "processes"
     config = grid_config(run_dir, "processes")
     config.train.epochs = 2  # long enough a cell to be killed in
